@@ -1,0 +1,51 @@
+"""ticketkit: find lottery tickets (sparse, optionally binarized subnetworks) of PyTorch models.
+
+The public API. Importing `ticketkit` does not import torch; the model-level functions load it
+on first use.
+
+    from ticketkit import load_ticket
+    model = load_ticket("runs/.../ticket.safetensors")   # a ready nn.Module
+
+Plugin authors need `hookimpl`, the spec classes and the base classes in `ticketkit.plugin`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ticketkit.hookspecs import hookimpl
+from ticketkit.specs import (
+    ArchSpec,
+    DatasetSpec,
+    InitializerSpec,
+    MethodSpec,
+    NoOptions,
+    OptimizerSpec,
+    option,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build_model": "ticketkit.core.model",
+    "load_ticket": "ticketkit.core.ticket",
+    "save_ticket": "ticketkit.core.ticket",
+    "Ticket": "ticketkit.core.ticket",
+    "Method": "ticketkit.plugin",
+    "ScoreMethod": "ticketkit.plugin",
+    "Setup": "ticketkit.plugin",
+    "DatasetSource": "ticketkit.plugin",
+}
+
+__all__ = [
+    "ArchSpec", "DatasetSpec", "InitializerSpec", "MethodSpec", "NoOptions", "OptimizerSpec",
+    "hookimpl", "option", *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ticketkit' has no attribute '{name}'")

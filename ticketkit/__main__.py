@@ -1,0 +1,5 @@
+"""`python -m ticketkit` runs the CLI."""
+
+from ticketkit.cli import main
+
+main()

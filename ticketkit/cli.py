@@ -1,0 +1,58 @@
+"""The `ticketkit` command line: one small module per subcommand under `ticketkit.commands`.
+
+Exit codes: 0 success, 1 the job failed, 2 bad usage or input, 130 interrupted. Expected errors
+print one `Error: ...` line on stderr; TICKETKIT_DEBUG=1 shows tracebacks of unexpected ones.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ticketkit.commands import eval as eval_cmd
+from ticketkit.commands import plugins, prune
+
+app = typer.Typer(
+    name="ticketkit",
+    help="Find lottery tickets: sparse and binarized subnetworks of PyTorch models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("prune")(prune.prune)
+app.command("eval")(eval_cmd.eval_)
+app.add_typer(plugins.app, name="plugins")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    import click
+
+    from ticketkit.commands._common import console
+    from ticketkit.errors import TicketkitError
+
+    try:
+        code = app(args=argv, prog_name="ticketkit", standalone_mode=False)
+    except TicketkitError as exc:
+        console.print(f"Error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print("Interrupted.")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("TICKETKIT_DEBUG"):
+            raise
+        console.print(
+            f"Error: internal error: {type(exc).__name__}: {exc} (rerun with TICKETKIT_DEBUG=1 for the traceback)",
+            markup=False, soft_wrap=True,
+        )
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

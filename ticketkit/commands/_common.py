@@ -1,0 +1,143 @@
+"""What every command shares: the stderr console, progress, shared options, input artifacts and
+output. Nothing here imports torch.
+
+stdout carries only the artifact path (one line) or, with --json, one JSON object; everything
+for humans goes to stderr. Progress bars are transient and drawn only when stderr is a terminal;
+otherwise a plain line is printed every 15 seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ticketkit.errors import UsageError
+
+console = Console(stderr=True, highlight=False)
+
+
+class Progress:
+    """The CLI's Reporter: a rich bar on a terminal, periodic plain lines otherwise."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self._label = ""
+        self._done = self._total = 0
+        self._last = time.monotonic()
+
+    def start(self, description: str, total: int) -> None:
+        self._label, self._done, self._total = description, 0, total
+        self._last = time.monotonic()
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn
+            from rich.progress import TimeRemainingColumn
+
+            self._bar = Bar(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+                console=console, transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total, loss=float("nan"))
+
+    def advance(self, **fields: Any) -> None:
+        self._done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, **fields)
+        elif time.monotonic() - self._last > 15:
+            self._last = time.monotonic()
+            loss = f" loss {fields['loss']:.4f}" if "loss" in fields else ""
+            console.print(f"{self._label}: {self._done}/{self._total}{loss}")
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def note(self, message: str) -> None:
+        console.print(message)
+
+
+# ---- shared options (defined once) -------------------------------------------------------------
+
+Dataset = Annotated[Optional[str], typer.Option("--dataset", help="dataset name (see `ticketkit plugins`)")]
+Data = Annotated[Optional[str], typer.Option("--data", help="directory holding the dataset files")]
+Subset = Annotated[Optional[int], typer.Option("--subset", help="train on the first N samples of a fixed shuffle")]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", help="training epochs")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="training batch size")]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="learning rate")]
+Optimizer = Annotated[Optional[str], typer.Option("--optimizer", help="optimizer name: sgd, adam, adamw, ...")]
+Momentum = Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum")]
+WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", help="weight decay (applies to scores too)")]
+Schedule = Annotated[Optional[str], typer.Option("--schedule", help="learning-rate schedule: cosine, constant, step")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="random seed (weights, scores, data order)")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto (cuda if present), cpu, cuda, cuda:N")]
+Name = Annotated[Optional[str], typer.Option("--name", help="run directory name (default: derived from the config)")]
+Out = Annotated[Optional[str], typer.Option("--out", help="parent directory of run directories [default: runs]")]
+ConfigFile = Annotated[Optional[str], typer.Option("--config", help="YAML file of options (CLI flags win)")]
+Preset = Annotated[Optional[str], typer.Option("--preset", help="a shipped recipe, e.g. biprop-mpt-1-32")]
+Json = Annotated[bool, typer.Option("--json", help="print one JSON record instead of the path")]
+EvalEvery = Annotated[Optional[int], typer.Option("--eval-every", help="evaluate every N epochs (0: only the final ticket)")]
+Force = Annotated[bool, typer.Option("--force", help="recompute even if this run already finished")]
+Options = Annotated[Optional[list[str]], typer.Option("--option", "-o", help="method option name=value (see `ticketkit plugins show METHOD`)")]
+
+
+def emit(record: dict[str, Any], as_json: bool) -> None:
+    """The one thing a command writes to stdout."""
+    if as_json:
+        sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(f"{record['path']}\n")
+    sys.stdout.flush()
+
+
+def read_input(arg: str | None, what: str) -> str:
+    """An input artifact: a path, `-`, or a path line / JSON record piped on stdin."""
+    if arg and arg != "-":
+        return arg
+    if arg is None and sys.stdin.isatty():
+        raise UsageError(f"no {what} given: pass its path or pipe one in")
+    text = sys.stdin.read().strip()
+    if not text:
+        raise UsageError(f"no {what} on stdin: the upstream command printed nothing (did it fail?)")
+    line = text.splitlines()[-1].strip()
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UsageError(f"stdin: not a JSON record: {line[:80]}") from None
+        if "path" not in record:
+            raise UsageError("stdin: the JSON record has no 'path'")
+        return str(record["path"])
+    return line
+
+
+def layer_table(layers: dict[str, dict[str, Any]], title: str = "layers") -> Table:
+    """Per-layer shape, kept fraction (with a bar) and storage bits."""
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for col, justify in (("layer", "left"), ("shape", "left"), ("kept", "right"), ("", "left"), ("bits", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for path, info in layers.items():
+        n = 1
+        for d in info["shape"]:
+            n *= d
+        frac = info["kept"] / n if n else 0.0
+        bar = "█" * round(frac * 20) + "·" * (20 - round(frac * 20))
+        bits = n + (info["kept"] if info["weights"] == "sign" else 32 * info["kept"])
+        table.add_row(path, "x".join(map(str, info["shape"])), f"{100 * frac:.1f}%", bar, f"{bits:,}")
+    return table
+
+
+def existing_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {path}: no such file")
+    return p

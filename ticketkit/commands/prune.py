@@ -1,0 +1,67 @@
+"""`ticketkit prune`: find a ticket and print its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ticketkit.commands import _common as c
+from ticketkit.specs import parse_assignments
+
+
+def prune(
+    method: Annotated[Optional[str], typer.Option("--method", "-m", help="pruning method (see `ticketkit plugins`)")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="architecture (see `ticketkit plugins`)")] = None,
+    k: Annotated[Optional[float], typer.Option("--k", help="fraction of weights kept, 0 < k <= 1")] = None,
+    dataset: c.Dataset = None,
+    data: c.Data = None,
+    subset: c.Subset = None,
+    scope: Annotated[Optional[str], typer.Option("--scope", help="layer: k per layer; global: one threshold")] = None,
+    granularity: Annotated[Optional[str], typer.Option("--granularity", help="unstructured, filter or channel")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="weight init: kaiming-normal, signed-constant, ... (default: the method's)")] = None,
+    init_scale: Annotated[Optional[str], typer.Option("--init-scale", help="scaled (fan_in * k) or unscaled")] = None,
+    learn_bn: Annotated[Optional[bool], typer.Option("--learn-bn/--no-learn-bn", help="affine BatchNorm, trained with the scores (+BN)")] = None,
+    binary_act: Annotated[Optional[bool], typer.Option("--binary-act/--no-binary-act", help="binary activations (MPT-1/1)")] = None,
+    width: Annotated[Optional[float], typer.Option("--width", help="width multiplier of the arch")] = None,
+    dense_first: Annotated[Optional[bool], typer.Option("--dense-first/--prune-first", help="leave the first layer unpruned")] = None,
+    dense_last: Annotated[Optional[bool], typer.Option("--dense-last/--prune-last", help="leave the last layer unpruned")] = None,
+    option: c.Options = None,
+    epochs: c.Epochs = None,
+    batch_size: c.BatchSize = None,
+    optimizer: c.Optimizer = None,
+    lr: c.Lr = None,
+    momentum: c.Momentum = None,
+    weight_decay: c.WeightDecay = None,
+    schedule: c.Schedule = None,
+    seed: c.Seed = None,
+    device: c.Device = None,
+    eval_every: c.EvalEvery = None,
+    name: c.Name = None,
+    out: c.Out = None,
+    config: c.ConfigFile = None,
+    preset: c.Preset = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this directory with its saved config")] = None,
+    force: c.Force = False,
+    json_out: c.Json = False,
+) -> None:
+    """Find a ticket in a randomly initialised network; print the ticket's path."""
+    from ticketkit.core import config as configs
+    from ticketkit.core import jobs
+
+    arch_options = {key: value for key, value in (("width", width), ("binary_act", binary_act)) if value is not None}
+    cli = dict(
+        method=method, arch=arch, k=k, dataset=dataset, data=data, subset=subset, scope=scope,
+        granularity=granularity, init=init, init_scale=init_scale, learn_bn=learn_bn,
+        dense_first=dense_first, dense_last=dense_last, epochs=epochs, batch_size=batch_size,
+        optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, seed=seed, device=device, eval_every=eval_every, name=name, out=out,
+        options=parse_assignments(option, "--option") or None, arch_options=arch_options or None,
+    )
+    if resume is not None:
+        config, preset = str(resume / "config.yaml"), None
+        cli = {"name": resume.name, "out": str(resume.parent), "device": device}
+    cfg = configs.resolve(configs.PruneConfig, cli, config, preset)
+    result = jobs.prune(cfg, c.Progress(), force=force)
+    c.emit(result.record(), json_out)

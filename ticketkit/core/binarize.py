@@ -1,0 +1,44 @@
+"""Binary weights and binary activations (biprop, Diffenderfer & Kailkhura, ICLR 2021).
+
+Weights: W_eff = alpha * sign(W) * m, with alpha the mean |W| of the kept weights, per layer
+(the paper) or per output channel. That alpha is the least-squares optimal scale:
+argmin_a ||m*W - a*m*sign(W)||^2 = sum(|W| m) / sum(m). No gradient flows through alpha.
+
+Activations (MPT-1/1): y = sign(x) forward; backward multiplies by max(0, 2 - 2|x|), the
+derivative of Bi-Real Net's piecewise-quadratic ApproxSign.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def scale_of(w: torch.Tensor, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """alpha = sum(|W| m) / sum(m), shaped like `like` (a scalar, or one per output channel)."""
+    if like.dim() == 0:
+        kept = mask.sum()
+        return torch.dot(w.abs().flatten(), mask.flatten()) / kept.clamp_min(1)
+    dims = tuple(range(1, w.dim()))
+    kept = mask.sum(dim=dims, keepdim=True)
+    return (w.abs() * mask).sum(dim=dims, keepdim=True) / kept.clamp_min(1)
+
+
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return g * (2 - 2 * x.abs()).clamp_min_(0)
+
+
+class SignActivation(nn.Module):
+    """sign(x) with the Bi-Real clipped surrogate gradient; no learned scale."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SignSTE.apply(x)

@@ -1,0 +1,92 @@
+"""Building models from the registry, and initialising their weights.
+
+`build_model("conv4", input)` asks the arch plugin for a network shaped for the dataset (its
+channels, image size and class count). Methods may force "flavor" options that an arch
+declares (random-weight methods build without biases and with non-affine BatchNorm); the
+resolved options are what a ticket records, so it can rebuild the same network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketkit.core.data import InputSpec
+from ticketkit.core.sparsity import prunable_layers
+from ticketkit.errors import UsageError
+from ticketkit.registry import get_arch, get_initializer
+
+
+def arch_options(arch: str, options: dict[str, Any], flavor: dict[str, Any]) -> dict[str, Any]:
+    """The full, typed option set of `arch`: user options, plus flavor keys it declares."""
+    spec = get_arch(arch)
+    declared = {f.name for f in dataclasses.fields(spec.options)}
+    merged = {**{k: v for k, v in flavor.items() if k in declared}, **options}
+    return dataclasses.asdict(spec.make_options(merged))
+
+
+def build_model(arch: str, input: InputSpec, **options: Any) -> nn.Module:
+    """Build a registered architecture for `input` with the given arch options."""
+    spec = get_arch(arch)
+    typed = spec.make_options(options)
+    kwargs = dataclasses.asdict(typed)
+    if spec.family:
+        kwargs["variant"] = arch.partition(":")[2]
+    return spec.load()(input, **kwargs)
+
+
+@torch.no_grad()
+def init_weights(
+    model: nn.Module, scheme: str, *, seed: int, scale_k: float | None = None,
+    prunable: set[str] | None = None,
+) -> None:
+    """Re-initialise every Conv/Linear weight with a registered initializer.
+
+    sigma = gain / sqrt(fan) with gain = sqrt(2) and fan = fan_in; for prunable layers with
+    `scale_k`, fan = fan_in * k, the number of inputs a unit keeps (METHODS: "scaled" init).
+    Biases become zero. Drawn on CPU from one seeded generator, in module order.
+    """
+    init = get_initializer(scheme).load()
+    gen = torch.Generator().manual_seed(seed)
+    gain = math.sqrt(2.0)
+    for path, module in prunable_layers(model):
+        weight = module.weight
+        fan = float(weight[0].numel())
+        if scale_k is not None and (prunable is None or path in prunable):
+            fan *= scale_k
+        value = torch.empty(weight.shape, dtype=weight.dtype)
+        init(value, fan=fan, gain=gain, generator=gen)
+        weight.copy_(value)
+        if getattr(module, "bias", None) is not None:
+            module.bias.zero_()
+
+
+# ---- building blocks shared by the built-in archs ----------------------------------------------
+
+
+def norm(channels: int, dims: int, affine: bool) -> nn.Module:
+    """BatchNorm for conv (dims=2) or linear (dims=1) features."""
+    return (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, affine=affine)
+
+
+def activation(binary: bool) -> nn.Module:
+    """ReLU, or sign with the Bi-Real surrogate gradient for binary-activation variants."""
+    from ticketkit.core.binarize import SignActivation
+
+    return SignActivation() if binary else nn.ReLU(inplace=True)
+
+
+def pooled_size(input: InputSpec, pools: int, arch: str) -> tuple[int, int]:
+    """Spatial size after `pools` 2x2 max-pools; a clear error if the image is too small."""
+    h, w = input.height >> pools, input.width >> pools
+    if h < 1 or w < 1:
+        need = 1 << pools
+        raise UsageError(
+            f"arch '{arch}' needs images of at least {need}x{need}; "
+            f"this dataset has {input.height}x{input.width}"
+        )
+    return h, w

@@ -1,0 +1,356 @@
+"""Masks on any model.
+
+Every `nn.Conv*`/`nn.Linear` (subclasses too, so timm layers work) is prunable unless a policy
+excludes it. A prunable layer gets a `MaskedWeight` parametrization (torch.nn.utils.parametrize):
+the module keeps its class and its forward, and `module.weight` becomes the effective weight
+
+    W_eff = W * m                 (plain)
+    W_eff = alpha * sign(W) * m   (binary, biprop)
+
+computed once per forward. Score-based layers carry a `scores` tensor of the weight's shape;
+the mask is a function of the scores (a `MaskRule`), recomputed only when the scores changed,
+and the gradient reaches the scores straight through the mask (METHODS, "conventions"):
+
+    dL/ds = dL/dW_eff * W * relax'(s)      relax(s) = |s| for top-k
+
+Masks are recomputed in a forward pre-hook on the root model whenever a score tensor was
+modified (its version counter moved) or any optimizer stepped since the last recompute. That
+gives one selection per training step, for layer-wise and global scope alike, and none at eval.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ticketkit.core.binarize import scale_of
+from ticketkit.core.select import Selector, kept_count
+
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+GRANULARITIES = ("unstructured", "filter", "channel")
+SCOPES = ("layer", "global")
+
+# Any optimizer step anywhere marks masks stale: fused optimizers do not bump version counters.
+_steps = 0
+
+
+def _count_step(*_: object) -> None:
+    global _steps
+    _steps += 1
+
+
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
+
+register_optimizer_step_post_hook(_count_step)
+
+
+def abs_grad(s: torch.Tensor) -> torch.Tensor:
+    """d|s|/ds: the straight-through path of a top-k mask on |s|."""
+    return torch.sign(s)
+
+
+class _MaskSTE(torch.autograd.Function):
+    """W_eff from (W, s, m[, alpha]); gradients: W gets g*m, s gets g*W*relax'(s)."""
+
+    @staticmethod
+    def forward(ctx, w, s, mask, alpha, relax_grad):  # type: ignore[override]
+        ctx.save_for_backward(w, s, mask)
+        ctx.relax_grad = relax_grad
+        ctx.binary = alpha is not None
+        if alpha is None:
+            return w * mask
+        return torch.sign(w).mul_(mask).mul_(alpha)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        w, s, mask = ctx.saved_tensors
+        gw = gs = None
+        if ctx.needs_input_grad[0] and not ctx.binary:
+            gw = g * mask
+        if ctx.needs_input_grad[1]:
+            gs = g * w * ctx.relax_grad(s)
+        return gw, gs, None, None, None
+
+
+class MaskedWeight(nn.Module):
+    """The parametrization of one prunable weight: its mask, optional scores and binary scale."""
+
+    def __init__(
+        self, weight: torch.Tensor, *, scores: bool, binary: bool = False, alpha: str = "layer"
+    ) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.ones_like(weight))
+        self.scores = nn.Parameter(torch.zeros_like(weight)) if scores else None
+        self.binary = binary
+        self.alpha_mode = alpha
+        if binary:
+            shape = (weight.shape[0],) + (1,) * (weight.dim() - 1) if alpha == "channel" else ()
+            self.register_buffer("alpha", torch.ones(shape, dtype=weight.dtype))
+        self.relax_grad: Callable[[torch.Tensor], torch.Tensor] = abs_grad
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha if self.binary else None
+        if self.scores is not None and torch.is_grad_enabled():
+            return _MaskSTE.apply(w, self.scores, self.mask, alpha, self.relax_grad)
+        if alpha is None:
+            return w * self.mask
+        return torch.sign(w).mul_(self.mask).mul_(alpha)
+
+
+@dataclass
+class Layer:
+    """A prunable layer of a model: its module path and its parametrization."""
+
+    path: str
+    module: nn.Module
+
+    @property
+    def param(self) -> MaskedWeight:
+        return self.module.parametrizations.weight[0]  # type: ignore[index,return-value]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The stored (original) weight, before masking."""
+        return self.module.parametrizations.weight.original  # type: ignore[return-value]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.param.mask
+
+    @property
+    def scores(self) -> torch.Tensor | None:
+        return self.param.scores
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape)
+
+    @property
+    def numel(self) -> int:
+        return self.weight.numel()
+
+    @property
+    def fan_in(self) -> int:
+        return self.weight[0].numel()
+
+
+# ---- mask rules --------------------------------------------------------------------------------
+
+
+class MaskRule:
+    """Turns scores into masks. Subclass for new mask families (see the supermask plugin).
+
+    `stochastic` rules are re-evaluated on every training forward; deterministic ones only when
+    scores change. `relax_grad` is the derivative used by the straight-through estimator.
+    """
+
+    stochastic = False
+    relax_grad: Callable[[torch.Tensor], torch.Tensor] = staticmethod(abs_grad)
+
+    def update(self, layers: list[Layer], training: bool) -> None:
+        raise NotImplementedError
+
+
+class TopK(MaskRule):
+    """Keep the fraction k of weights with the largest |score|.
+
+    scope "layer": each layer keeps N - floor((1-k) N). scope "global": one exact threshold
+    over every layer's scores (ties by index). Granularities "filter"/"channel" rank whole
+    output/input channels by the L2 norm of their |scores| and always keep k per layer.
+    """
+
+    def __init__(self, k: float, scope: str = "layer", granularity: str = "unstructured"):
+        self.k = k
+        self.scope = scope
+        self.granularity = granularity
+        self._selectors: dict[str, Selector] = {}
+
+    def _selector(self, key: str) -> Selector:
+        return self._selectors.setdefault(key, Selector())
+
+    @torch.no_grad()
+    def update(self, layers: list[Layer], training: bool) -> None:
+        if self.granularity != "unstructured":
+            for layer in layers:
+                self._structured(layer)
+        elif self.scope == "global":
+            self._global(layers)
+        else:
+            for layer in layers:
+                a = layer.scores.detach().abs().flatten()  # type: ignore[union-attr]
+                keep = kept_count(a.numel(), self.k)
+                layer.mask.view(-1).copy_(self._selector(layer.path).mask(a, keep))
+
+    def _global(self, layers: list[Layer]) -> None:
+        a = torch.cat([layer.scores.detach().abs().flatten() for layer in layers])  # type: ignore[union-attr]
+        keep = kept_count(a.numel(), self.k)
+        mask = self._selector("*").mask(a, keep)
+        for layer, part in zip(layers, mask.split([layer.numel for layer in layers])):
+            layer.mask.view(-1).copy_(part)
+
+    def _structured(self, layer: Layer) -> None:
+        s = layer.scores.detach().abs()  # type: ignore[union-attr]
+        dim = 0 if self.granularity == "filter" else 1
+        importance = s.transpose(0, dim).flatten(1).norm(dim=1)
+        keep = kept_count(importance.numel(), self.k)
+        groups = self._selector(layer.path).mask(importance, keep).to(s.dtype)
+        shape = [1] * s.dim()
+        shape[dim] = -1
+        layer.mask.copy_(groups.view(shape).expand_as(s))
+
+
+class Fixed(MaskRule):
+    """Masks that never change (fine-tuning, magnitude tickets): nothing to recompute."""
+
+    def update(self, layers: list[Layer], training: bool) -> None:
+        return None
+
+
+# ---- the sparsifier ----------------------------------------------------------------------------
+
+
+def prunable_layers(
+    model: nn.Module, *, dense_first: bool = False, dense_last: bool = False,
+    exclude: Callable[[str, nn.Module], bool] | None = None,
+) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every Conv/Linear the policy leaves prunable, in module order."""
+    found = [
+        (path, m) for path, m in model.named_modules()
+        if isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), torch.Tensor)
+    ]
+    if dense_first and found:
+        found = found[1:]
+    if dense_last and found:
+        found = found[:-1]
+    if exclude is not None:
+        found = [(p, m) for p, m in found if not exclude(p, m)]
+    return found
+
+
+class Sparsifier:
+    """Owns the masked layers of one model and keeps their masks current."""
+
+    def __init__(self, model: nn.Module, layers: list[Layer], rule: MaskRule) -> None:
+        self.layers = layers
+        self.rule = rule
+        self._seen: tuple[int, ...] | None = None
+        self._steps = -1
+        self._mode: bool | None = None
+        self._model = weakref.ref(model)
+        self._hook = model.register_forward_pre_hook(self._before_forward)
+        model._ticketkit_sparsifier = self  # type: ignore[assignment]
+
+    @classmethod
+    def attach(
+        cls, model: nn.Module, rule: MaskRule, *, scores: bool = True, binary: bool = False,
+        alpha: str = "layer", dense_first: bool = False, dense_last: bool = False,
+        exclude: Callable[[str, nn.Module], bool] | None = None,
+    ) -> Sparsifier:
+        """Parametrize every prunable layer of `model` and return the sparsifier."""
+        if getattr(model, "_ticketkit_sparsifier", None) is not None:
+            raise ValueError("model already has masks attached")
+        layers = []
+        for path, module in prunable_layers(
+            model, dense_first=dense_first, dense_last=dense_last, exclude=exclude
+        ):
+            p = MaskedWeight(module.weight.detach(), scores=scores, binary=binary, alpha=alpha)
+            p.relax_grad = rule.relax_grad
+            parametrize.register_parametrization(module, "weight", p, unsafe=True)
+            layers.append(Layer(path, module))
+        if not layers:
+            raise ValueError("the model has no prunable Conv/Linear layer left by the policy")
+        return cls(model, layers, rule)
+
+    def set_rule(self, rule: MaskRule) -> None:
+        self.rule = rule
+        for layer in self.layers:
+            layer.param.relax_grad = rule.relax_grad
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Force a mask recompute at the next forward (e.g. after changing k)."""
+        self._seen = None
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(
+            layer.scores._version if layer.scores is not None else 0 for layer in self.layers
+        )
+
+    def _before_forward(self, module: nn.Module, args: object) -> None:
+        self.refresh(training=module.training)
+
+    def refresh(self, training: bool = False, force: bool = False) -> None:
+        """Recompute masks (and binary scales) if anything they depend on changed."""
+        versions = self._versions()
+        stale = (
+            force or versions != self._seen or _steps != self._steps or training != self._mode
+            or (self.rule.stochastic and training)
+        )
+        if not stale:
+            return
+        self.rule.update(self.layers, training)
+        with torch.no_grad():
+            for layer in self.layers:
+                if layer.param.binary:
+                    layer.param.alpha.copy_(scale_of(layer.weight, layer.mask, layer.param.alpha))
+        self._seen, self._steps, self._mode = self._versions(), _steps, training
+
+    def freeze(self) -> None:
+        """Fix the current masks: the scores stop mattering (used when a phase ends)."""
+        model = self._model()
+        self.refresh(training=bool(model and model.training), force=True)
+        self.set_rule(Fixed())
+
+    def kept(self) -> dict[str, int]:
+        return {layer.path: int(layer.mask.count_nonzero()) for layer in self.layers}
+
+    def scores(self) -> list[nn.Parameter]:
+        return [layer.scores for layer in self.layers if layer.scores is not None]
+
+    def remove(self) -> None:
+        """Bake the effective weights into plain weights and drop masks, scores and hooks."""
+        model = self._model()
+        self.refresh(training=False, force=False)
+        with torch.no_grad():
+            for layer in self.layers:
+                parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)
+        self._hook.remove()
+        if model is not None:
+            model._ticketkit_sparsifier = None  # type: ignore[assignment]
+
+
+def sparsifier_of(model: nn.Module) -> Sparsifier | None:
+    """The sparsifier attached to `model`, if any."""
+    return getattr(model, "_ticketkit_sparsifier", None)
+
+
+# ---- score initialisation ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def init_scores(layers: Iterable[Layer], how: str, generator: torch.Generator | None) -> None:
+    """Initialise scores.
+
+    "kaiming-uniform": U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as edge-popup (nn.Conv2d's default).
+    "hydra": sqrt(6/fan_in) * W / max|W| per layer, so the first mask is the magnitude mask.
+    "magnitude": |W| (then the mask stays the magnitude mask unless scores train).
+    """
+    for layer in layers:
+        s, w = layer.scores, layer.weight
+        assert s is not None
+        if how == "kaiming-uniform":
+            bound = 1.0 / math.sqrt(layer.fan_in)
+            s.copy_(torch.rand(s.shape, generator=generator, dtype=s.dtype) * 2 * bound - bound)
+        elif how == "hydra":
+            peak = w.abs().max().clamp_min(torch.finfo(w.dtype).tiny)
+            s.copy_(math.sqrt(6.0 / layer.fan_in) * w / peak)
+        elif how == "magnitude":
+            s.copy_(w.abs())
+        else:
+            raise ValueError(f"unknown score init '{how}'")

@@ -1,0 +1,226 @@
+"""The ticket bundle: a small, self-describing safetensors file (DESIGN §5).
+
+Per prunable layer `L`:
+  `L.mask`   uint8, mask bits packed 8 per byte, row-major, little-endian bit order;
+  `L.sign`   uint8, packed sign bits (1 = positive) of the kept weights only, in mask order;
+  `L.alpha`  float32 scale, a scalar or one per output channel          (sign layers);
+  `L.values` float32 kept weights, in mask order                         (value layers).
+Everything else the network needs (biases, BatchNorm statistics, dense layers) is stored as
+`state.<name>`. A layer is stored as signs exactly when its kept weights are +-alpha, which is
+detected from the weights themselves, so the encoding is always lossless: a binary ticket costs
+(1 + k) bits per weight, and `ticketkit eval` reproduces the recorded accuracy exactly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ticketkit.core.data import InputSpec
+from ticketkit.core.runs import atomic_write
+from ticketkit.core.sparsity import sparsifier_of
+from ticketkit.errors import UsageError
+
+FORMAT = "ticketkit.ticket/1"
+JSON_KEYS = ("arch_kwargs", "input", "method_options", "init", "metrics", "layers", "config")
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Bool tensor -> uint8, 8 per byte, element i at bit i % 8 of byte i // 8."""
+    return torch.from_numpy(np.packbits(bits.flatten().cpu().numpy(), bitorder="little"))
+
+
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    bits = np.unpackbits(packed.cpu().numpy(), count=n, bitorder="little")
+    return torch.from_numpy(bits.astype(bool))
+
+
+def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _sign_scale(kept: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    """The scale alpha if every kept weight is +-alpha (per layer, else per output channel)."""
+    if kept.numel() == 0:
+        return torch.zeros(())
+    mags = kept.abs()
+    if bool((mags == mags[0]).all()) and mags[0] > 0:
+        return mags[0].clone()
+    # One scale per output channel: kept weights are in row-major order, so channel by channel.
+    counts = mask.flatten(1).sum(1)
+    per_channel = torch.zeros(mask.shape[0], dtype=kept.dtype)
+    for c, chunk in enumerate(mags.split(counts.tolist())):
+        if chunk.numel():
+            if not bool((chunk == chunk[0]).all()) or chunk[0] == 0:
+                return None
+            per_channel[c] = chunk[0]
+    return per_channel
+
+
+@dataclass
+class Ticket:
+    """A loaded or freshly made ticket: parsed metadata plus raw tensors."""
+
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    # -- making ------------------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model: nn.Module, **meta: Any) -> Ticket:
+        """Read the masks and weights off a model with a sparsifier attached."""
+        sparsifier = sparsifier_of(model)
+        if sparsifier is None:
+            raise ValueError("the model has no masks attached")
+        model.eval()
+        sparsifier.refresh(training=False)
+        tensors: dict[str, torch.Tensor] = {}
+        layers: dict[str, Any] = {}
+        masked = set()
+        with torch.no_grad():
+            for layer in sparsifier.layers:
+                mask = layer.mask.detach().cpu() != 0
+                weight = layer.module.weight.detach().float().cpu()  # the effective weight
+                kept = weight[mask]
+                tensors[f"{layer.path}.mask"] = pack_bits(mask)
+                alpha = _sign_scale(kept, mask)
+                if alpha is not None:
+                    tensors[f"{layer.path}.sign"] = pack_bits(kept > 0)
+                    tensors[f"{layer.path}.alpha"] = alpha.float().contiguous()
+                else:
+                    tensors[f"{layer.path}.values"] = kept.contiguous()
+                layers[layer.path] = {
+                    "shape": list(layer.shape), "kept": int(mask.sum()),
+                    "weights": "sign" if alpha is not None else "values",
+                }
+                masked.add(layer.path)
+            for name, value in model.state_dict().items():
+                owner = name.split(".parametrizations.")[0]
+                if ".parametrizations." in name and owner in masked:
+                    continue
+                tensors[f"state.{name}"] = value.detach().cpu().contiguous()
+        kinds = {v["weights"] for v in layers.values()}
+        meta = {**meta, "layers": layers, "weights": kinds.pop() if len(kinds) == 1 else "mixed"}
+        return cls(meta, tensors)
+
+    def save(self, path: Path) -> Path:
+        """Write atomically, with the format tag, versions, time and payload checksum."""
+        import ticketkit
+
+        meta = {
+            **self.meta,
+            "format": FORMAT,
+            "ticketkit_version": ticketkit.__version__,
+            "torch_version": torch.__version__.split("+")[0],
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "payload_sha256": payload_sha256(self.tensors),
+        }
+        text = {k: (json.dumps(v, sort_keys=k != "layers") if k in JSON_KEYS else str(v)) for k, v in meta.items()}
+        self.meta = meta
+        return atomic_write(Path(path), lambda tmp: save_file(self.tensors, str(tmp), metadata=text))
+
+    # -- reading -----------------------------------------------------------------------------
+    @classmethod
+    def read(cls, path: str | Path) -> Ticket:
+        """Open and verify a ticket file; every problem is a one-line UsageError."""
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        try:
+            with safe_open(str(path), "pt") as f:
+                raw = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UsageError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
+        if raw.get("format") != FORMAT:
+            found = raw.get("format", "no format tag")
+            raise UsageError(f"{path} is not a ticketkit ticket ({found}; expected {FORMAT})")
+        try:
+            meta = {k: (json.loads(v) if k in JSON_KEYS else v) for k, v in raw.items()}
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}: corrupt ticket metadata ({exc})") from None
+        if payload_sha256(tensors) != meta.get("payload_sha256"):
+            raise UsageError(f"{path}: payload checksum mismatch (the file was modified or damaged)")
+        return cls(meta, tensors)
+
+    @property
+    def input(self) -> InputSpec:
+        return InputSpec(**self.meta["input"])
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Layer path -> bool mask of the weight's shape."""
+        out = {}
+        for path, info in self.meta["layers"].items():
+            shape = info["shape"]
+            n = int(np.prod(shape))
+            out[path] = unpack_bits(self.tensors[f"{path}.mask"], n).view(shape)
+        return out
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Layer path -> dense weight (zeros where pruned)."""
+        out = {}
+        for path, mask in self.masks().items():
+            kept = int(mask.sum())
+            if kept != self.meta["layers"][path]["kept"]:
+                raise UsageError(f"ticket layer {path}: mask has {kept} bits set, metadata says {self.meta['layers'][path]['kept']}")
+            w = torch.zeros(mask.shape, dtype=torch.float32)
+            if f"{path}.values" in self.tensors:
+                w[mask] = self.tensors[f"{path}.values"].float()
+            else:
+                signs = unpack_bits(self.tensors[f"{path}.sign"], kept).float() * 2 - 1
+                alpha = self.tensors[f"{path}.alpha"].float()
+                if alpha.dim() == 1:  # per output channel, kept weights in row-major order
+                    counts = mask.flatten(1).sum(1)
+                    signs = signs * alpha.repeat_interleave(counts)
+                    alpha = torch.ones(())
+                w[mask] = signs * alpha
+            out[path] = w
+        return out
+
+    def build(self, device: torch.device | str = "cpu") -> nn.Module:
+        """Rebuild the architecture from the registry and load the ticket into it."""
+        from ticketkit.core.model import build_model
+
+        model = build_model(self.meta["arch"], self.input, **self.meta["arch_kwargs"])
+        state = {name[6:]: t for name, t in self.tensors.items() if name.startswith("state.")}
+        for path, w in self.weights().items():
+            state[f"{path}.weight"] = w
+        expected = model.state_dict()
+        problems = [n for n in state if n in expected and tuple(state[n].shape) != tuple(expected[n].shape)]
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if problems or missing or extra:
+            what = []
+            if problems:
+                what.append(f"shape of {problems[0]} is {tuple(state[problems[0]].shape)}, arch has {tuple(expected[problems[0]].shape)}")
+            if missing:
+                what.append(f"arch has {missing[0]} but the ticket does not")
+            if extra:
+                what.append(f"ticket has {extra[0]} but the arch does not")
+            raise UsageError(f"ticket does not match its declared arch '{self.meta['arch']}': {'; '.join(what)}")
+        model.load_state_dict(state)
+        return model.to(device).eval()
+
+
+def save_ticket(model: nn.Module, path: str | Path, **meta: Any) -> Path:
+    """Write the ticket of a masked model (public API)."""
+    return Ticket.from_model(model, **meta).save(Path(path))
+
+
+def load_ticket(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """Load a ticket file into a ready-to-run nn.Module (public API)."""
+    return Ticket.read(path).build(device)

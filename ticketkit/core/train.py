@@ -1,0 +1,158 @@
+"""The one training loop every command uses; methods plug in through their hooks.
+
+Read top to bottom: resolve the device, build the method's optimizers, resume if the run has a
+checkpoint, then per epoch set the learning rate, let the method adjust (`start_epoch`), run
+its `train_step` over the batches, evaluate, log a metrics line, and checkpoint atomically.
+Progress goes to a `Reporter` (the CLI draws it with rich on stderr); the engine prints nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketkit.core.data import EVAL_BATCH, Dataset, Loader, Split
+from ticketkit.errors import JobError, UsageError
+from ticketkit.plugin import Method
+from ticketkit.registry import get_optimizer
+
+
+class Reporter(Protocol):
+    """Where progress goes. The CLI implements it with rich; tests may pass `Silent()`."""
+
+    def start(self, description: str, total: int) -> None: ...
+    def advance(self, **fields: Any) -> None: ...
+    def stop(self) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class Silent:
+    def start(self, description: str, total: int) -> None: ...
+    def advance(self, **fields: Any) -> None: ...
+    def stop(self) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is cuda when present, else cpu; anything else must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device '{name}' is not a device (try auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def lr_factor(cfg: Any, epoch: int) -> float:
+    """Per-epoch learning-rate multiplier (applied at the start of the epoch, as the references)."""
+    if cfg.warmup and epoch < cfg.warmup:
+        return (epoch + 1) / cfg.warmup
+    if cfg.schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup) / span))
+    if cfg.schedule == "step":
+        return cfg.lr_gamma ** sum(1 for s in cfg.lr_steps if epoch >= int(s))
+    return 1.0
+
+
+def make_optimizer_factory(cfg: Any):
+    spec = get_optimizer(cfg.optimizer)
+    options = spec.make_options(cfg.optimizer_options)
+    build = spec.load()
+
+    def make(groups: list[dict]) -> torch.optim.Optimizer:
+        opt = build(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **vars(options))
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        return opt
+
+    return make
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: Dataset, device: torch.device, split: Split | None = None) -> dict[str, float]:
+    """Top-1/top-5 accuracy (%) and mean cross-entropy on the test split, in eval mode."""
+    model.eval()
+    loader = Loader(ds, split or ds.test, EVAL_BATCH, train=False, device=device)
+    correct1 = correct5 = 0
+    loss = 0.0
+    for x, y in loader.batches():
+        logits = model(x).float()
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == y[:, None]
+        correct1 += int(hits[:, 0].sum())
+        correct5 += int(hits.any(dim=1).sum())
+    n = len(loader.split)
+    return {"test_acc1": 100.0 * correct1 / n, "test_acc5": 100.0 * correct5 / n, "test_loss": loss / n}
+
+
+def fit(
+    model: nn.Module, method: Method, ds: Dataset, cfg: Any, run: Any | None = None,
+    reporter: Reporter | None = None, *, phase: str = "train",
+) -> dict[str, Any]:
+    """Train `model` with `method` for cfg.epochs; returns the last metrics record."""
+    reporter = reporter or Silent()
+    device = resolve_device(cfg.device)
+    model.to(device)
+    optimizers = method.optimizers(model, make_optimizer_factory(cfg))
+    start, best = 0, {"test_acc1": -1.0}
+    if run is not None:
+        restored = run.load_checkpoint("last", model, optimizers)
+        if restored is not None:
+            start, best = restored[0] + 1, restored[1].get("best", best)
+            reporter.note(f"resuming {run.root} after epoch {start}")
+    loader = Loader(ds, ds.train, cfg.batch_size, train=True, seed=cfg.seed, device=device)
+    record: dict[str, Any] = {}
+    for epoch in range(start, cfg.epochs):
+        factor = lr_factor(cfg, epoch)
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+        method.start_epoch(epoch, model)
+        model.train()
+        reporter.start(f"{phase} epoch {epoch + 1}/{cfg.epochs}", len(loader))
+        seen = correct = 0
+        total_loss = 0.0
+        began = time.perf_counter()
+        for batch in loader.batches(epoch):
+            loss, logits = method.train_step(model, batch, optimizers)
+            n = batch[1].numel()
+            seen += n
+            total_loss += float(loss) * n
+            correct += int((logits.argmax(1) == batch[1]).sum())
+            reporter.advance(loss=float(loss))
+        reporter.stop()
+        if not math.isfinite(total_loss):
+            raise JobError(f"training diverged at epoch {epoch + 1} (loss is {total_loss}); lower --lr")
+        record = {
+            "phase": phase, "epoch": epoch + 1, "lr": cfg.lr * factor,
+            "train_loss": total_loss / max(seen, 1), "train_acc1": 100.0 * correct / max(seen, 1),
+            "seconds": round(time.perf_counter() - began, 3),
+        }
+        last = epoch + 1 == cfg.epochs
+        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not last:
+            record.update(evaluate(model, ds, device))
+        if run is not None:
+            run.log(record)
+            if record.get("test_acc1", -1.0) > best["test_acc1"]:
+                best = {k: record[k] for k in ("epoch", "test_acc1", "test_acc5", "test_loss")}
+                run.save_checkpoint("best", model, {}, epoch, {"best": best})
+            run.save_checkpoint("last", model, optimizers, epoch, {"best": best})
+        reporter.note(_describe(record))
+    return record
+
+
+def _describe(record: dict[str, Any]) -> str:
+    text = f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_acc1']:.2f}%"
+    if "test_acc1" in record:
+        text += f", test acc {record['test_acc1']:.2f}%"
+    return text + f" ({record['seconds']:.1f}s)"
