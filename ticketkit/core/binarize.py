@@ -15,14 +15,19 @@ from torch import nn
 
 
 @torch.no_grad()
-def scale_of(w: torch.Tensor, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """alpha = sum(|W| m) / sum(m), shaped like `like` (a scalar, or one per output channel)."""
+def scale_of(
+    magnitudes: torch.Tensor, mask: torch.Tensor, like: torch.Tensor, kept: int | None = None
+) -> torch.Tensor:
+    """alpha = sum(|W| m) / sum(m) from |W|, shaped like `like` (scalar or per output channel).
+
+    `kept`, when the caller knows sum(m) already, saves a pass over the mask.
+    """
     if like.dim() == 0:
-        kept = mask.sum()
-        return torch.dot(w.abs().flatten(), mask.flatten()) / kept.clamp_min(1)
-    dims = tuple(range(1, w.dim()))
+        total = torch.dot(magnitudes.view(-1), mask.view(-1))
+        return total / max(kept, 1) if kept is not None else total / mask.sum().clamp_min(1)
+    dims = tuple(range(1, magnitudes.dim()))
     kept = mask.sum(dim=dims, keepdim=True)
-    return (w.abs() * mask).sum(dim=dims, keepdim=True) / kept.clamp_min(1)
+    return (magnitudes * mask).sum(dim=dims, keepdim=True) / kept.clamp_min(1)
 
 
 class _SignSTE(torch.autograd.Function):

@@ -34,33 +34,50 @@ class Selector:
         self.halfwidth: float = 0.0
         self._sample_idx: np.ndarray | None = None
 
-    def mask(self, a: torch.Tensor, keep: int) -> torch.Tensor:
-        """Bool mask of the `keep` largest entries of the flat tensor `a` (ties by index)."""
+    def select(self, a: torch.Tensor, keep: int, out: torch.Tensor) -> None:
+        """Write the mask of the `keep` largest entries of flat `a` into `out` (ties by index).
+
+        `out` may be float (a mask buffer) or bool, with a.numel() elements.
+        """
         n = a.numel()
-        if keep >= n:
-            return torch.ones(n, dtype=torch.bool, device=a.device)
-        if keep <= 0:
-            return torch.zeros(n, dtype=torch.bool, device=a.device)
-        if a.device.type == "cpu":
-            t, n_ge = self._threshold_cpu(a.detach().numpy(), keep)
+        if keep >= n or keep <= 0:
+            out.fill_(1 if keep >= n else 0)
+            return
+        if a.device.type == "cpu" and out.is_contiguous():
+            an = a.detach().numpy()
+            t, n_ge = self._threshold_cpu(an, keep)
+            if n_ge == keep:
+                np.greater_equal(an, t, out=out.detach().view(-1).numpy(), casting="unsafe")
+                return
         else:
             t = a.kthvalue(n - keep + 1).values
             n_ge = int((a >= t).sum())
-        if n_ge == keep:
-            return a >= t
-        return _break_ties(a, t, keep)
+            if n_ge == keep:
+                out.view(-1).copy_(a >= t)
+                return
+        out.view(-1).copy_(_break_ties(a, t, keep))
+
+    def mask(self, a: torch.Tensor, keep: int) -> torch.Tensor:
+        """Bool mask of the `keep` largest entries of the flat tensor `a` (ties by index)."""
+        out = torch.empty(a.numel(), dtype=torch.bool, device=a.device)
+        self.select(a, keep, out)
+        return out
 
     # -- CPU path ------------------------------------------------------------------------------
     def _threshold_cpu(self, a: np.ndarray, keep: int) -> tuple[float, int]:
+        """(t, count(a >= t)) with t the keep-th largest value of a."""
         n = a.size
         if n <= _SMALL:
             t = np.partition(a, n - keep)[n - keep]
             return float(t), int(np.count_nonzero(a >= t))
         for attempt in range(3):
             lo, hi = self._bracket(a, keep, attempt)
-            above = int(np.count_nonzero(a > hi))
+            inside = a >= lo
+            below_hi = a <= hi
+            above = n - int(np.count_nonzero(below_hi))
             if above < keep:
-                band = a[(a >= lo) & (a <= hi)]
+                np.logical_and(inside, below_hi, out=inside)
+                band = a[inside]
                 need = keep - above  # the need-th largest value inside the band
                 if need <= band.size:
                     j = band.size - need
@@ -68,9 +85,8 @@ class Selector:
                     t = band[j]
                     self._adapt(float(t), band.size, lo, hi)
                     return float(t), above + int(np.count_nonzero(band[j:] >= t))
-            self.threshold = None  # bracket missed: go cold and wider
+            self.threshold = None  # the bracket missed: go cold, and wider
         t = np.partition(a, n - keep)[n - keep]
-        self.threshold = None
         return float(t), int(np.count_nonzero(a >= t))
 
     def _bracket(self, a: np.ndarray, keep: int, attempt: int) -> tuple[float, float]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -56,16 +56,16 @@ def abs_grad(s: torch.Tensor) -> torch.Tensor:
 
 
 class _MaskSTE(torch.autograd.Function):
-    """W_eff from (W, s, m[, alpha]); gradients: W gets g*m, s gets g*W*relax'(s)."""
+    """W_eff from (W, s, m[, alpha, sign W]); gradients: W gets g*m, s gets g*W*relax'(s)."""
 
     @staticmethod
-    def forward(ctx, w, s, mask, alpha, relax_grad):  # type: ignore[override]
+    def forward(ctx, w, s, mask, alpha, signs, relax_grad):  # type: ignore[override]
         ctx.save_for_backward(w, s, mask)
         ctx.relax_grad = relax_grad
         ctx.binary = alpha is not None
         if alpha is None:
             return w * mask
-        return torch.sign(w).mul_(mask).mul_(alpha)
+        return torch.mul(signs, mask).mul_(alpha)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -74,8 +74,8 @@ class _MaskSTE(torch.autograd.Function):
         if ctx.needs_input_grad[0] and not ctx.binary:
             gw = g * mask
         if ctx.needs_input_grad[1]:
-            gs = g * w * ctx.relax_grad(s)
-        return gw, gs, None, None, None
+            gs = ctx.relax_grad(s).mul_(w).mul_(g)
+        return gw, gs, None, None, None, None
 
 
 class MaskedWeight(nn.Module):
@@ -93,47 +93,59 @@ class MaskedWeight(nn.Module):
             shape = (weight.shape[0],) + (1,) * (weight.dim() - 1) if alpha == "channel" else ()
             self.register_buffer("alpha", torch.ones(shape, dtype=weight.dtype))
         self.relax_grad: Callable[[torch.Tensor], torch.Tensor] = abs_grad
+        self.kept: int | None = None  # set by rules that know the kept count exactly
+        self._cache: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
+        self._buffer: torch.Tensor | None = None
+
+    def buffer(self) -> torch.Tensor:
+        """Scratch space of the weight's shape, reused every step by mask rules."""
+        if self._buffer is None or self._buffer.shape != self.mask.shape or self._buffer.device != self.mask.device:
+            self._buffer = torch.empty_like(self.mask)
+        return self._buffer
+
+    def signs(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sign(W), |W|), cached while W is unchanged (random-weight methods never change it)."""
+        key = (id(w), w._version)
+        if self._cache is None or self._cache[:2] != key:
+            self._cache = (*key, torch.sign(w.detach()), w.detach().abs())
+        return self._cache[2], self._cache[3]
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha if self.binary else None
         if self.scores is not None and torch.is_grad_enabled():
-            return _MaskSTE.apply(w, self.scores, self.mask, alpha, self.relax_grad)
+            base = self.signs(w)[0] if self.binary else None
+            return _MaskSTE.apply(w, self.scores, self.mask, alpha, base, self.relax_grad)
         if alpha is None:
             return w * self.mask
-        return torch.sign(w).mul_(self.mask).mul_(alpha)
+        return torch.mul(self.signs(w)[0], self.mask).mul_(alpha)
 
 
 @dataclass
 class Layer:
-    """A prunable layer of a model: its module path and its parametrization."""
+    """A prunable layer of a model: its module path, module, parametrization and tensors.
+
+    The tensors are looked up once: their identity never changes (state loading copies into
+    them), and attribute chains through nn.Module cost more than the math on small layers.
+    """
 
     path: str
     module: nn.Module
+    param: MaskedWeight = field(init=False)
+    weight: torch.Tensor = field(init=False)  # the stored (original) weight, before masking
+    mask: torch.Tensor = field(init=False)
+    scores: torch.Tensor | None = field(init=False)
+    numel: int = field(init=False)
 
-    @property
-    def param(self) -> MaskedWeight:
-        return self.module.parametrizations.weight[0]  # type: ignore[index,return-value]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The stored (original) weight, before masking."""
-        return self.module.parametrizations.weight.original  # type: ignore[return-value]
-
-    @property
-    def mask(self) -> torch.Tensor:
-        return self.param.mask
-
-    @property
-    def scores(self) -> torch.Tensor | None:
-        return self.param.scores
+    def __post_init__(self) -> None:
+        self.param = self.module.parametrizations.weight[0]  # type: ignore[index,assignment]
+        self.weight = self.module.parametrizations.weight.original  # type: ignore[assignment]
+        self.mask = self.param.mask
+        self.scores = self.param.scores
+        self.numel = self.weight.numel()
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.weight.shape)
-
-    @property
-    def numel(self) -> int:
-        return self.weight.numel()
 
     @property
     def fan_in(self) -> int:
@@ -183,23 +195,27 @@ class TopK(MaskRule):
             self._global(layers)
         else:
             for layer in layers:
-                a = layer.scores.detach().abs().flatten()  # type: ignore[union-attr]
-                keep = kept_count(a.numel(), self.k)
-                layer.mask.view(-1).copy_(self._selector(layer.path).mask(a, keep))
+                a = torch.abs(layer.scores.detach(), out=layer.param.buffer()).view(-1)  # type: ignore[union-attr]
+                keep = kept_count(layer.numel, self.k)
+                self._selector(layer.path).select(a, keep, layer.mask)
+                layer.param.kept = keep
 
     def _global(self, layers: list[Layer]) -> None:
-        a = torch.cat([layer.scores.detach().abs().flatten() for layer in layers])  # type: ignore[union-attr]
-        keep = kept_count(a.numel(), self.k)
-        mask = self._selector("*").mask(a, keep)
+        a = torch.cat([layer.scores.detach().abs().view(-1) for layer in layers])  # type: ignore[union-attr]
+        mask = torch.empty_like(a)
+        self._selector("*").select(a, kept_count(a.numel(), self.k), mask)
         for layer, part in zip(layers, mask.split([layer.numel for layer in layers])):
             layer.mask.view(-1).copy_(part)
+            layer.param.kept = None  # per-layer counts are free under global scope
 
     def _structured(self, layer: Layer) -> None:
         s = layer.scores.detach().abs()  # type: ignore[union-attr]
         dim = 0 if self.granularity == "filter" else 1
         importance = s.transpose(0, dim).flatten(1).norm(dim=1)
         keep = kept_count(importance.numel(), self.k)
-        groups = self._selector(layer.path).mask(importance, keep).to(s.dtype)
+        groups = torch.empty_like(importance)
+        self._selector(layer.path).select(importance, keep, groups)
+        layer.param.kept = None
         shape = [1] * s.dim()
         shape[dim] = -1
         layer.mask.copy_(groups.view(shape).expand_as(s))
@@ -298,7 +314,9 @@ class Sparsifier:
         with torch.no_grad():
             for layer in self.layers:
                 if layer.param.binary:
-                    layer.param.alpha.copy_(scale_of(layer.weight, layer.mask, layer.param.alpha))
+                    magnitudes = layer.param.signs(layer.weight)[1]
+                    alpha = scale_of(magnitudes, layer.mask, layer.param.alpha, layer.param.kept)
+                    layer.param.alpha.copy_(alpha)
         self._seen, self._steps, self._mode = self._versions(), _steps, training
 
     def freeze(self) -> None:
