@@ -91,8 +91,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = InputSpec(1, 28, 28, 10)  # Fashion-MNIST shape
-    print(f"batch {args.batch}, {args.threads} threads, torch {torch.__version__}, k=0.5, "
-          f"median of {args.rounds} interleaved rounds")
+    print(
+        f"batch {args.batch}, {args.threads} threads, torch {torch.__version__}, k=0.5, "
+        f"median of {args.rounds} interleaved rounds"
+    )
     print(f"{'arch':6} {'dense ms':>9} {'biprop ms':>10} {'ratio':>6} {'kthvalue':>9} {'sort':>6}")
     for arch in args.archs.split(","):
         torch.manual_seed(0)
@@ -106,7 +108,8 @@ def main() -> None:
                 "kthvalue": Stepper(biprop_model(arch, spec, KthvalueSelector), x, y),
                 "sort": Stepper(biprop_model(arch, spec, SortSelector), x, y),
             },
-            steps, args.rounds,
+            steps,
+            args.rounds,
         )
         dense = t["dense"]
         print(

@@ -6,7 +6,9 @@ on first use.
     from ticketkit import load_ticket
     model = load_ticket("runs/.../ticket.safetensors")   # a ready nn.Module
 
-Plugin authors need `hookimpl`, the spec classes and the base classes in `ticketkit.plugin`.
+Plugin authors need `hookimpl`, the spec classes, the base classes in `ticketkit.plugin`
+(`Method`, `ScoreMethod`, `DatasetSource`) and, for new mask families, `MaskRule`, `TopK`,
+`Layer`, `Selector` and `kept_count`. These names are the stable plugin API.
 """
 
 from __future__ import annotations
@@ -35,11 +37,23 @@ _LAZY = {
     "ScoreMethod": "ticketkit.plugin",
     "Setup": "ticketkit.plugin",
     "DatasetSource": "ticketkit.plugin",
+    "MaskRule": "ticketkit.core.sparsity",
+    "TopK": "ticketkit.core.sparsity",
+    "Layer": "ticketkit.core.sparsity",
+    "Selector": "ticketkit.core.select",
+    "kept_count": "ticketkit.core.select",
 }
 
 __all__ = [
-    "ArchSpec", "DatasetSpec", "InitializerSpec", "MethodSpec", "NoOptions", "OptimizerSpec",
-    "hookimpl", "option", *_LAZY,
+    "ArchSpec",
+    "DatasetSpec",
+    "InitializerSpec",
+    "MethodSpec",
+    "NoOptions",
+    "OptimizerSpec",
+    "hookimpl",
+    "option",
+    *_LAZY,
 ]
 
 

@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("TICKETKIT_DEBUG"):
             raise
         console.print(
-            f"Error: internal error: {type(exc).__name__}: {exc} (rerun with TICKETKIT_DEBUG=1 for the traceback)",
-            markup=False, soft_wrap=True,
+            f"Error: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with TICKETKIT_DEBUG=1 for the traceback)",
+            markup=False,
+            soft_wrap=True,
         )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

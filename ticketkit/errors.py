@@ -35,7 +35,9 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def unknown(kind: str, name: str, choices: Iterable[str], hint: str = "ticketkit plugins") -> UsageError:
+def unknown(
+    kind: str, name: str, choices: Iterable[str], hint: str = "ticketkit plugins"
+) -> UsageError:
     """The standard error for a name that is not registered."""
     choices = sorted(choices)
     return UsageError(f"unknown {kind} '{name}'{did_you_mean(name, choices)} (see `{hint}`)")

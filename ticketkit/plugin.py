@@ -6,7 +6,8 @@ module can subclass these at top level and still be listed by `ticketkit plugins
 A method never writes its own training loop (DESIGN §3): the engine (`ticketkit.core.train`)
 builds the optimizers the method asks for and calls, in order,
 
-    prepare(model) -> optimizers(model, make) -> [start_epoch(e) -> train_step(...)*] -> finish(model)
+    prepare(model) -> optimizers(model, make)
+        -> [start_epoch(e) -> train_step(...)*]* -> finish(model)
 
 and the ticket is then read off the model's masks.
 """
@@ -73,7 +74,9 @@ class Method:
         """Called before each epoch (schedules of k, rewiring, ...)."""
 
     def train_step(
-        self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+        self,
+        model: nn.Module,
+        batch: tuple[torch.Tensor, torch.Tensor],
         optimizers: dict[str, torch.optim.Optimizer],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; returns (loss, logits) for logging."""
@@ -121,10 +124,17 @@ class ScoreMethod(Method):
 
         s = self.setup
         self.sparsifier = Sparsifier.attach(
-            model, self.rule(), scores=True, binary=self.binary, alpha=self.alpha(),
-            dense_first=s.dense_first, dense_last=s.dense_last,
+            model,
+            self.rule(),
+            scores=True,
+            binary=self.binary,
+            alpha=self.alpha(),
+            dense_first=s.dense_first,
+            dense_last=s.dense_last,
         )
-        init_scores(self.sparsifier.layers, self.score_init, torch.Generator().manual_seed(s.seed + 1))
+        init_scores(
+            self.sparsifier.layers, self.score_init, torch.Generator().manual_seed(s.seed + 1)
+        )
         for p in model.parameters():
             p.requires_grad_(False)
         for p in self.sparsifier.scores():

@@ -18,8 +18,15 @@ import pluggy
 
 from ticketkit import hookspecs
 from ticketkit.errors import UsageError, unknown
-from ticketkit.specs import SPEC_TYPES, ArchSpec, DatasetSpec, InitializerSpec, MethodSpec
-from ticketkit.specs import OptimizerSpec, Spec
+from ticketkit.specs import (
+    SPEC_TYPES,
+    ArchSpec,
+    DatasetSpec,
+    InitializerSpec,
+    MethodSpec,
+    OptimizerSpec,
+    Spec,
+)
 
 GROUP = "ticketkit"
 KINDS = tuple(SPEC_TYPES)  # methods, archs, datasets, optimizers, initializers

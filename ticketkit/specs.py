@@ -85,7 +85,7 @@ class DatasetSpec(Spec):
 
 @dataclass(frozen=True)
 class OptimizerSpec(Spec):
-    """An optimizer. The factory is `factory(param_groups, lr, momentum, weight_decay, **options)`."""
+    """An optimizer: `factory(param_groups, lr, momentum, weight_decay, **options)`."""
 
     kind: typing.ClassVar[str] = "optimizers"
 

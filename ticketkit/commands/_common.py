@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -37,13 +37,17 @@ class Progress:
         self._label, self._done, self._total = description, 0, total
         self._last = time.monotonic()
         if console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn
-            from rich.progress import TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
 
             self._bar = Bar(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
-                console=console, transient=True,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
             )
             self._bar.start()
             self._task = self._bar.add_task(description, total=total, loss=float("nan"))
@@ -68,26 +72,65 @@ class Progress:
 
 # ---- shared options (defined once) -------------------------------------------------------------
 
-Dataset = Annotated[Optional[str], typer.Option("--dataset", help="dataset name (see `ticketkit plugins`)")]
-Data = Annotated[Optional[str], typer.Option("--data", help="directory holding the dataset files")]
-Subset = Annotated[Optional[int], typer.Option("--subset", help="train on the first N samples of a fixed shuffle")]
-Epochs = Annotated[Optional[int], typer.Option("--epochs", help="training epochs")]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="training batch size")]
-Lr = Annotated[Optional[float], typer.Option("--lr", help="learning rate")]
-Optimizer = Annotated[Optional[str], typer.Option("--optimizer", help="optimizer name: sgd, adam, adamw, ...")]
-Momentum = Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum")]
-WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", help="weight decay (applies to scores too)")]
-Schedule = Annotated[Optional[str], typer.Option("--schedule", help="learning-rate schedule: cosine, constant, step")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="random seed (weights, scores, data order)")]
-Device = Annotated[Optional[str], typer.Option("--device", help="auto (cuda if present), cpu, cuda, cuda:N")]
-Name = Annotated[Optional[str], typer.Option("--name", help="run directory name (default: derived from the config)")]
-Out = Annotated[Optional[str], typer.Option("--out", help="parent directory of run directories [default: runs]")]
-ConfigFile = Annotated[Optional[str], typer.Option("--config", help="YAML file of options (CLI flags win)")]
-Preset = Annotated[Optional[str], typer.Option("--preset", help="a shipped recipe, e.g. biprop-mpt-1-32")]
+Dataset = Annotated[
+    str | None, typer.Option("--dataset", help="dataset name (see `ticketkit plugins`)")
+]
+Data = Annotated[str | None, typer.Option("--data", help="directory holding the dataset files")]
+Subset = Annotated[
+    int | None, typer.Option("--subset", help="train on the first N samples of a fixed shuffle")
+]
+Epochs = Annotated[int | None, typer.Option("--epochs", help="training epochs")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="training batch size")]
+Lr = Annotated[float | None, typer.Option("--lr", help="learning rate")]
+Optimizer = Annotated[
+    str | None, typer.Option("--optimizer", help="optimizer name: sgd, adam, adamw, ...")
+]
+Momentum = Annotated[float | None, typer.Option("--momentum", help="SGD momentum")]
+WeightDecay = Annotated[
+    float | None, typer.Option("--weight-decay", help="weight decay (applies to scores too)")
+]
+Schedule = Annotated[
+    str | None, typer.Option("--schedule", help="learning-rate schedule: cosine, constant, step")
+]
+Seed = Annotated[
+    int | None, typer.Option("--seed", help="random seed (weights, scores, data order)")
+]
+Device = Annotated[
+    str | None, typer.Option("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
+]
+Name = Annotated[
+    str | None,
+    typer.Option("--name", help="run directory name (default: derived from the config)"),
+]
+Out = Annotated[
+    str | None, typer.Option("--out", help="parent directory of run directories [default: runs]")
+]
+ConfigFile = Annotated[
+    str | None, typer.Option("--config", help="YAML file of options (CLI flags win)")
+]
+Preset = Annotated[
+    str | None, typer.Option("--preset", help="a shipped recipe, e.g. biprop-mpt-1-32")
+]
 Json = Annotated[bool, typer.Option("--json", help="print one JSON record instead of the path")]
-EvalEvery = Annotated[Optional[int], typer.Option("--eval-every", help="evaluate every N epochs (0: only the final ticket)")]
+EvalEvery = Annotated[
+    int | None,
+    typer.Option("--eval-every", help="evaluate every N epochs (0: only the final ticket)"),
+]
 Force = Annotated[bool, typer.Option("--force", help="recompute even if this run already finished")]
-Options = Annotated[Optional[list[str]], typer.Option("--option", "-o", help="method option name=value (see `ticketkit plugins show METHOD`)")]
+ArchOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arch-option",
+        "-A",
+        help="arch option name=value, e.g. -A depth=16 (see `ticketkit plugins show ARCH`)",
+    ),
+]
+Options = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option", "-o", help="method option name=value (see `ticketkit plugins show METHOD`)"
+    ),
+]
 
 
 def emit(record: dict[str, Any], as_json: bool) -> None:
@@ -123,7 +166,13 @@ def read_input(arg: str | None, what: str) -> str:
 def layer_table(layers: dict[str, dict[str, Any]], title: str = "layers") -> Table:
     """Per-layer shape, kept fraction (with a bar) and storage bits."""
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for col, justify in (("layer", "left"), ("shape", "left"), ("kept", "right"), ("", "left"), ("bits", "right")):
+    for col, justify in (
+        ("layer", "left"),
+        ("shape", "left"),
+        ("kept", "right"),
+        ("", "left"),
+        ("bits", "right"),
+    ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for path, info in layers.items():
         n = 1
@@ -132,7 +181,9 @@ def layer_table(layers: dict[str, dict[str, Any]], title: str = "layers") -> Tab
         frac = info["kept"] / n if n else 0.0
         bar = "█" * round(frac * 20) + "·" * (20 - round(frac * 20))
         bits = n + (info["kept"] if info["weights"] == "sign" else 32 * info["kept"])
-        table.add_row(path, "x".join(map(str, info["shape"])), f"{100 * frac:.1f}%", bar, f"{bits:,}")
+        table.add_row(
+            path, "x".join(map(str, info["shape"])), f"{100 * frac:.1f}%", bar, f"{bits:,}"
+        )
     return table
 
 

@@ -11,7 +11,9 @@ import typer
 
 from ticketkit.commands import _common as c
 
-app = typer.Typer(help="List registered plugins, or show one plugin's options.", no_args_is_help=False)
+app = typer.Typer(
+    help="List registered plugins, or show one plugin's options.", no_args_is_help=False
+)
 
 
 @app.callback(invoke_without_command=True)
@@ -29,8 +31,14 @@ def plugins(
     entries = registry().entries()
     if json_out:
         rows = [
-            {"kind": e.kind[:-1], "name": e.spec.name, "summary": e.spec.summary,
-             "distribution": e.distribution, "version": e.version, "plugin": e.plugin}
+            {
+                "kind": e.kind[:-1],
+                "name": e.spec.name,
+                "summary": e.spec.summary,
+                "distribution": e.distribution,
+                "version": e.version,
+                "plugin": e.plugin,
+            }
             for e in entries
         ]
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
@@ -61,9 +69,15 @@ def show(
     if not found:
         raise unknown("plugin", name, [e.spec.name for e in registry().entries()])
     records = [
-        {"kind": e.kind[:-1], "name": e.spec.name, "summary": e.spec.summary,
-         "distribution": e.distribution, "version": e.version,
-         "phase": getattr(e.spec, "phase", None), "options": describe_options(e.spec.options)}
+        {
+            "kind": e.kind[:-1],
+            "name": e.spec.name,
+            "summary": e.spec.summary,
+            "distribution": e.distribution,
+            "version": e.version,
+            "phase": getattr(e.spec, "phase", None),
+            "options": describe_options(e.spec.options),
+        }
         for e in found
     ]
     if json_out:
@@ -73,7 +87,9 @@ def show(
 
     out = Console()
     for r in records:
-        out.print(f"[bold]{r['name']}[/bold] ({r['kind']}, from {r['distribution']} {r['version']})")
+        out.print(
+            f"[bold]{r['name']}[/bold] ({r['kind']}, from {r['distribution']} {r['version']})"
+        )
         out.print(r["summary"])
         if not r["options"]:
             out.print("no options")

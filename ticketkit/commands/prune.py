@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,22 +12,58 @@ from ticketkit.specs import parse_assignments
 
 
 def prune(
-    method: Annotated[Optional[str], typer.Option("--method", "-m", help="pruning method (see `ticketkit plugins`)")] = None,
-    arch: Annotated[Optional[str], typer.Option("--arch", help="architecture (see `ticketkit plugins`)")] = None,
-    k: Annotated[Optional[float], typer.Option("--k", help="fraction of weights kept, 0 < k <= 1")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option("--method", "-m", help="pruning method (see `ticketkit plugins`)"),
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="architecture (see `ticketkit plugins`)")
+    ] = None,
+    k: Annotated[
+        float | None, typer.Option("--k", help="fraction of weights kept, 0 < k <= 1")
+    ] = None,
     dataset: c.Dataset = None,
     data: c.Data = None,
     subset: c.Subset = None,
-    scope: Annotated[Optional[str], typer.Option("--scope", help="layer: k per layer; global: one threshold")] = None,
-    granularity: Annotated[Optional[str], typer.Option("--granularity", help="unstructured, filter or channel")] = None,
-    init: Annotated[Optional[str], typer.Option("--init", help="weight init: kaiming-normal, signed-constant, ... (default: the method's)")] = None,
-    init_scale: Annotated[Optional[str], typer.Option("--init-scale", help="scaled (fan_in * k) or unscaled")] = None,
-    learn_bn: Annotated[Optional[bool], typer.Option("--learn-bn/--no-learn-bn", help="affine BatchNorm, trained with the scores (+BN)")] = None,
-    binary_act: Annotated[Optional[bool], typer.Option("--binary-act/--no-binary-act", help="binary activations (MPT-1/1)")] = None,
-    width: Annotated[Optional[float], typer.Option("--width", help="width multiplier of the arch")] = None,
-    dense_first: Annotated[Optional[bool], typer.Option("--dense-first/--prune-first", help="leave the first layer unpruned")] = None,
-    dense_last: Annotated[Optional[bool], typer.Option("--dense-last/--prune-last", help="leave the last layer unpruned")] = None,
+    scope: Annotated[
+        str | None, typer.Option("--scope", help="layer: k per layer; global: one threshold")
+    ] = None,
+    granularity: Annotated[
+        str | None, typer.Option("--granularity", help="unstructured, filter or channel")
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="weight init: kaiming-normal, signed-constant, ... (default: the method's)",
+        ),
+    ] = None,
+    init_scale: Annotated[
+        str | None, typer.Option("--init-scale", help="scaled (fan_in * k) or unscaled")
+    ] = None,
+    learn_bn: Annotated[
+        bool | None,
+        typer.Option(
+            "--learn-bn/--no-learn-bn", help="affine BatchNorm, trained with the scores (+BN)"
+        ),
+    ] = None,
+    binary_act: Annotated[
+        bool | None,
+        typer.Option("--binary-act/--no-binary-act", help="binary activations (MPT-1/1)"),
+    ] = None,
+    width: Annotated[
+        float | None, typer.Option("--width", help="width multiplier of the arch")
+    ] = None,
+    dense_first: Annotated[
+        bool | None,
+        typer.Option("--dense-first/--prune-first", help="leave the first layer unpruned"),
+    ] = None,
+    dense_last: Annotated[
+        bool | None,
+        typer.Option("--dense-last/--prune-last", help="leave the last layer unpruned"),
+    ] = None,
     option: c.Options = None,
+    arch_option: c.ArchOptions = None,
     epochs: c.Epochs = None,
     batch_size: c.BatchSize = None,
     optimizer: c.Optimizer = None,
@@ -42,7 +78,10 @@ def prune(
     out: c.Out = None,
     config: c.ConfigFile = None,
     preset: c.Preset = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this directory with its saved config")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="continue the run in this directory with its saved config"),
+    ] = None,
     force: c.Force = False,
     json_out: c.Json = False,
 ) -> None:
@@ -50,14 +89,42 @@ def prune(
     from ticketkit.core import config as configs
     from ticketkit.core import jobs
 
-    arch_options = {key: value for key, value in (("width", width), ("binary_act", binary_act)) if value is not None}
+    arch_options = parse_assignments(arch_option, "--arch-option")
+    arch_options.update(
+        {
+            key: value
+            for key, value in (("width", width), ("binary_act", binary_act))
+            if value is not None
+        }
+    )
     cli = dict(
-        method=method, arch=arch, k=k, dataset=dataset, data=data, subset=subset, scope=scope,
-        granularity=granularity, init=init, init_scale=init_scale, learn_bn=learn_bn,
-        dense_first=dense_first, dense_last=dense_last, epochs=epochs, batch_size=batch_size,
-        optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        schedule=schedule, seed=seed, device=device, eval_every=eval_every, name=name, out=out,
-        options=parse_assignments(option, "--option") or None, arch_options=arch_options or None,
+        method=method,
+        arch=arch,
+        k=k,
+        dataset=dataset,
+        data=data,
+        subset=subset,
+        scope=scope,
+        granularity=granularity,
+        init=init,
+        init_scale=init_scale,
+        learn_bn=learn_bn,
+        dense_first=dense_first,
+        dense_last=dense_last,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        seed=seed,
+        device=device,
+        eval_every=eval_every,
+        name=name,
+        out=out,
+        options=parse_assignments(option, "--option") or None,
+        arch_options=arch_options or None,
     )
     if resume is not None:
         config, preset = str(resume / "config.yaml"), None

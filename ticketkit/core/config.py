@@ -54,7 +54,9 @@ class TrainConfig:
         if self.lr < 0:
             raise UsageError(f"--lr must be >= 0, got {self.lr}")
         if self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}; got '{self.schedule}'")
+            raise UsageError(
+                f"--schedule must be one of {', '.join(SCHEDULES)}; got '{self.schedule}'"
+            )
         if self.dataset is None:
             raise UsageError("no dataset given: pass --dataset NAME (see `ticketkit plugins`)")
 
@@ -145,7 +147,9 @@ def resolve(
         known = presets()
         if preset not in known:
             hint = did_you_mean(preset, known)
-            raise UsageError(f"unknown preset '{preset}'{hint} (available: {', '.join(sorted(known))})")
+            raise UsageError(
+                f"unknown preset '{preset}'{hint} (available: {', '.join(sorted(known))})"
+            )
         layers.append((f"preset {preset}", read_yaml(known[preset], "preset")))
     if config:
         layers.append((f"config {config}", read_yaml(config, "--config")))

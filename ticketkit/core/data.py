@@ -158,7 +158,13 @@ class Loader:
     """Normalised (and, for training, shuffled and augmented) batches of one split."""
 
     def __init__(
-        self, ds: Dataset, split: Split, batch_size: int, *, train: bool, seed: int = 0,
+        self,
+        ds: Dataset,
+        split: Split,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
         if batch_size <= 0:
@@ -179,8 +185,16 @@ class Loader:
         order = torch.randperm(n, generator=gen) if self.train else None
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size] if order is not None else None
-            images = self.split.images[idx] if idx is not None else self.split.images[start : start + self.batch_size]
-            labels = self.split.labels[idx] if idx is not None else self.split.labels[start : start + self.batch_size]
+            images = (
+                self.split.images[idx]
+                if idx is not None
+                else self.split.images[start : start + self.batch_size]
+            )
+            labels = (
+                self.split.labels[idx]
+                if idx is not None
+                else self.split.labels[start : start + self.batch_size]
+            )
             if self.augment == "crop-flip":
                 images = crop_flip(images, gen)
             x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
@@ -198,4 +212,6 @@ def crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch
     rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
     cols = dx[:, None] + torch.arange(w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
-    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    return padded[
+        torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols
+    ]

@@ -40,8 +40,12 @@ class Result:
 
     def record(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "path": str(self.path), "parent": self.parent,
-            "method": self.method, "k": self.k, "metrics": self.metrics,
+            "kind": self.kind,
+            "path": str(self.path),
+            "parent": self.parent,
+            "method": self.method,
+            "k": self.k,
+            "metrics": self.metrics,
         }
 
 
@@ -50,13 +54,21 @@ def make_method(cfg: configs.PruneConfig, phase: str) -> Method:
     require_phase(spec, phase)
     options = spec.make_options(cfg.options)
     setup = Setup(
-        k=cfg.k, scope=cfg.scope, granularity=cfg.granularity, learn_bn=cfg.learn_bn,  # type: ignore[arg-type]
-        dense_first=cfg.dense_first, dense_last=cfg.dense_last, epochs=cfg.epochs, seed=cfg.seed,
+        k=cfg.k,
+        scope=cfg.scope,
+        granularity=cfg.granularity,
+        learn_bn=cfg.learn_bn,  # type: ignore[arg-type]
+        dense_first=cfg.dense_first,
+        dense_last=cfg.dense_last,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
     )
     return spec.load()(options, setup)
 
 
-def prune(cfg: configs.PruneConfig, reporter: Reporter | None = None, force: bool = False) -> Result:
+def prune(
+    cfg: configs.PruneConfig, reporter: Reporter | None = None, force: bool = False
+) -> Result:
     """Find a ticket in a randomly initialised network (edge-popup, biprop, ...)."""
     reporter = reporter or Silent()
     method = make_method(cfg, "prune")
@@ -73,7 +85,9 @@ def prune(cfg: configs.PruneConfig, reporter: Reporter | None = None, force: boo
     if not force and ticket_path.exists() and run.matches(configs.to_yaml(cfg)):
         reporter.note(f"reusing finished run {run.root} (--force recomputes)")
         ticket = Ticket.read(ticket_path)
-        return Result("ticket", ticket_path, cfg.method, cfg.k, metrics=ticket.meta["metrics"], reused=True)
+        return Result(
+            "ticket", ticket_path, cfg.method, cfg.k, metrics=ticket.meta["metrics"], reused=True
+        )
     run.claim(configs.to_yaml(cfg), force)
     if force:
         for stale in run.checkpoints.glob("*.safetensors"):
@@ -81,11 +95,15 @@ def prune(cfg: configs.PruneConfig, reporter: Reporter | None = None, force: boo
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, ds.input, **arch_kwargs)  # type: ignore[arg-type]
-    prunable = {p for p, _ in prunable_layers(model, dense_first=cfg.dense_first, dense_last=cfg.dense_last)}
+    prunable = {
+        p for p, _ in prunable_layers(model, dense_first=cfg.dense_first, dense_last=cfg.dense_last)
+    }
     scale_k = cfg.k if cfg.init_scale == "scaled" else None
     init_weights(model, init, seed=cfg.seed, scale_k=scale_k, prunable=prunable)
     if cfg.learn_bn and not norm_parameters(model):
-        raise UsageError(f"--learn-bn: arch '{cfg.arch}' as configured has no affine normalisation layers")
+        raise UsageError(
+            f"--learn-bn: arch '{cfg.arch}' as configured has no affine normalisation layers"
+        )
     method.prepare(model)
     fit(model, method, ds, cfg, run, reporter, phase="prune")
     method.finish(model)
@@ -93,28 +111,52 @@ def prune(cfg: configs.PruneConfig, reporter: Reporter | None = None, force: boo
 
 
 def write_ticket(
-    model: torch.nn.Module, ds: Any, cfg: Any, run: Run, reporter: Reporter, *, method_name: str,
+    model: torch.nn.Module,
+    ds: Any,
+    cfg: Any,
+    run: Run,
+    reporter: Reporter,
+    *,
+    method_name: str,
     parent: str | None = None,
 ) -> Result:
     """Save the ticket, measuring its accuracy on the model rebuilt from the ticket itself."""
     device = resolve_device(cfg.device)
     model.cpu()
     ticket = Ticket.from_model(
-        model, arch=cfg.arch, arch_kwargs=cfg.arch_options, input=vars(ds.input),
-        method=method_name, method_options=cfg.options, k=cfg.k, scope=cfg.scope,
-        granularity=cfg.granularity, init={"scheme": cfg.init, "scale": cfg.init_scale, "seed": cfg.seed},
-        dataset=cfg.dataset, config=configs.as_dict(cfg), parent=parent or "",
+        model,
+        arch=cfg.arch,
+        arch_kwargs=cfg.arch_options,
+        input=vars(ds.input),
+        method=method_name,
+        method_options=cfg.options,
+        k=cfg.k,
+        scope=cfg.scope,
+        granularity=cfg.granularity,
+        init={"scheme": cfg.init, "scale": cfg.init_scale, "seed": cfg.seed},
+        dataset=cfg.dataset,
+        config=configs.as_dict(cfg),
+        parent=parent or "",
     )
     reporter.note("evaluating the ticket as saved")
     metrics = evaluate(ticket.build(device), ds, device)
     ticket.meta["metrics"] = metrics
     path = ticket.save(run.artifact("ticket.safetensors"))
     run.log({"phase": "ticket", "epoch": cfg.epochs, **metrics})
-    run.append_result({
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"), "run": run.root.name,
-        "arch": cfg.arch, "method": method_name, "k": cfg.k, "dataset": cfg.dataset,
-        "epochs": cfg.epochs, "seed": cfg.seed, "test_acc1": f"{metrics['test_acc1']:.2f}",
-        "test_acc5": f"{metrics['test_acc5']:.2f}", "path": str(path),
-    })
+    run.append_result(
+        {
+            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "run": run.root.name,
+            "arch": cfg.arch,
+            "method": method_name,
+            "k": cfg.k,
+            "dataset": cfg.dataset,
+            "epochs": cfg.epochs,
+            "seed": cfg.seed,
+            "test_acc1": f"{metrics['test_acc1']:.2f}",
+            "test_acc5": f"{metrics['test_acc5']:.2f}",
+            "path": str(path),
+        }
+    )
     reporter.note(f"ticket: top-1 {metrics['test_acc1']:.2f}%  top-5 {metrics['test_acc5']:.2f}%")
     return Result("ticket", path, method_name, cfg.k, parent=parent, metrics=metrics)

@@ -41,7 +41,11 @@ def build_model(arch: str, input: InputSpec, **options: Any) -> nn.Module:
 
 @torch.no_grad()
 def init_weights(
-    model: nn.Module, scheme: str, *, seed: int, scale_k: float | None = None,
+    model: nn.Module,
+    scheme: str,
+    *,
+    seed: int,
+    scale_k: float | None = None,
     prunable: set[str] | None = None,
 ) -> None:
     """Re-initialise every Conv/Linear weight with a registered initializer.

@@ -65,7 +65,10 @@ class Run:
     def for_config(
         cls, command: str, config: dict[str, Any], label: str, parent: str | None = None
     ) -> Run:
-        name = config.get("name") or f"{command}-{label}-{config_hash(config, parent)}"
+        safe = "".join(
+            ch if ch.isalnum() or ch in "-_." else "-" for ch in label
+        )  # timm:x -> timm-x
+        name = config.get("name") or f"{command}-{safe}-{config_hash(config, parent)}"
         return cls(Path(config.get("out") or "runs") / name)
 
     # -- files -------------------------------------------------------------------------------
@@ -116,10 +119,16 @@ class Run:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(
-        self, tag: str, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-        epoch: int, info: dict[str, Any],
+        self,
+        tag: str,
+        model: torch.nn.Module,
+        optimizers: dict[str, torch.optim.Optimizer],
+        epoch: int,
+        info: dict[str, Any],
     ) -> Path:
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        }
         meta = {"format": CHECKPOINT_FORMAT, "epoch": str(epoch), "info": json.dumps(info)}
         for name, opt in optimizers.items():
             state = opt.state_dict()
@@ -156,7 +165,7 @@ class Run:
             prefix = f"opt.{name}."
             for key, value in tensors.items():
                 if key.startswith(prefix):
-                    idx, _, field = key[len(prefix):].partition(".")
+                    idx, _, field = key[len(prefix) :].partition(".")
                     state.setdefault(int(idx), {})[field] = value
             for key, value in saved["plain"].items():
                 idx, _, field = key.partition(".")

@@ -84,7 +84,7 @@ class Selector:
                     band = np.partition(band, j)
                     t = band[j]
                     self._adapt(float(t), band.size, lo, hi)
-                    return float(t), above + int(np.count_nonzero(band[j:] >= t))
+                    return float(t), above + int(np.count_nonzero(band >= t))
             self.threshold = None  # the bracket missed: go cold, and wider
         t = np.partition(a, n - keep)[n - keep]
         return float(t), int(np.count_nonzero(a >= t))

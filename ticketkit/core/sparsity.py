@@ -99,7 +99,11 @@ class MaskedWeight(nn.Module):
 
     def buffer(self) -> torch.Tensor:
         """Scratch space of the weight's shape, reused every step by mask rules."""
-        if self._buffer is None or self._buffer.shape != self.mask.shape or self._buffer.device != self.mask.device:
+        if (
+            self._buffer is None
+            or self._buffer.shape != self.mask.shape
+            or self._buffer.device != self.mask.device
+        ):
             self._buffer = torch.empty_like(self.mask)
         return self._buffer
 
@@ -204,7 +208,7 @@ class TopK(MaskRule):
         a = torch.cat([layer.scores.detach().abs().view(-1) for layer in layers])  # type: ignore[union-attr]
         mask = torch.empty_like(a)
         self._selector("*").select(a, kept_count(a.numel(), self.k), mask)
-        for layer, part in zip(layers, mask.split([layer.numel for layer in layers])):
+        for layer, part in zip(layers, mask.split([layer.numel for layer in layers]), strict=True):
             layer.mask.view(-1).copy_(part)
             layer.param.kept = None  # per-layer counts are free under global scope
 
@@ -232,12 +236,16 @@ class Fixed(MaskRule):
 
 
 def prunable_layers(
-    model: nn.Module, *, dense_first: bool = False, dense_last: bool = False,
+    model: nn.Module,
+    *,
+    dense_first: bool = False,
+    dense_last: bool = False,
     exclude: Callable[[str, nn.Module], bool] | None = None,
 ) -> list[tuple[str, nn.Module]]:
     """(path, module) of every Conv/Linear the policy leaves prunable, in module order."""
     found = [
-        (path, m) for path, m in model.named_modules()
+        (path, m)
+        for path, m in model.named_modules()
         if isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), torch.Tensor)
     ]
     if dense_first and found:
@@ -264,8 +272,15 @@ class Sparsifier:
 
     @classmethod
     def attach(
-        cls, model: nn.Module, rule: MaskRule, *, scores: bool = True, binary: bool = False,
-        alpha: str = "layer", dense_first: bool = False, dense_last: bool = False,
+        cls,
+        model: nn.Module,
+        rule: MaskRule,
+        *,
+        scores: bool = True,
+        binary: bool = False,
+        alpha: str = "layer",
+        dense_first: bool = False,
+        dense_last: bool = False,
         exclude: Callable[[str, nn.Module], bool] | None = None,
     ) -> Sparsifier:
         """Parametrize every prunable layer of `model` and return the sparsifier."""
@@ -305,7 +320,10 @@ class Sparsifier:
         """Recompute masks (and binary scales) if anything they depend on changed."""
         versions = self._versions()
         stale = (
-            force or versions != self._seen or _steps != self._steps or training != self._mode
+            force
+            or versions != self._seen
+            or _steps != self._steps
+            or training != self._mode
             or (self.rule.stochastic and training)
         )
         if not stale:
@@ -320,9 +338,8 @@ class Sparsifier:
         self._seen, self._steps, self._mode = self._versions(), _steps, training
 
     def freeze(self) -> None:
-        """Fix the current masks: the scores stop mattering (used when a phase ends)."""
-        model = self._model()
-        self.refresh(training=bool(model and model.training), force=True)
+        """Fix the masks the rule gives in eval mode (deterministic); scores stop mattering."""
+        self.refresh(training=False, force=True)
         self.set_rule(Fixed())
 
     def kept(self) -> dict[str, int]:

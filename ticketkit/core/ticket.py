@@ -104,7 +104,8 @@ class Ticket:
                 else:
                     tensors[f"{layer.path}.values"] = kept.contiguous()
                 layers[layer.path] = {
-                    "shape": list(layer.shape), "kept": int(mask.sum()),
+                    "shape": list(layer.shape),
+                    "kept": int(mask.sum()),
                     "weights": "sign" if alpha is not None else "values",
                 }
                 masked.add(layer.path)
@@ -129,9 +130,14 @@ class Ticket:
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "payload_sha256": payload_sha256(self.tensors),
         }
-        text = {k: (json.dumps(v, sort_keys=k != "layers") if k in JSON_KEYS else str(v)) for k, v in meta.items()}
+        text = {
+            k: (json.dumps(v, sort_keys=k != "layers") if k in JSON_KEYS else str(v))
+            for k, v in meta.items()
+        }
         self.meta = meta
-        return atomic_write(Path(path), lambda tmp: save_file(self.tensors, str(tmp), metadata=text))
+        return atomic_write(
+            Path(path), lambda tmp: save_file(self.tensors, str(tmp), metadata=text)
+        )
 
     # -- reading -----------------------------------------------------------------------------
     @classmethod
@@ -145,7 +151,9 @@ class Ticket:
                 raw = f.metadata() or {}
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
-            raise UsageError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from None
+            raise UsageError(
+                f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}"
+            ) from None
         if raw.get("format") != FORMAT:
             found = raw.get("format", "no format tag")
             raise UsageError(f"{path} is not a ticketkit ticket ({found}; expected {FORMAT})")
@@ -154,7 +162,9 @@ class Ticket:
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path}: corrupt ticket metadata ({exc})") from None
         if payload_sha256(tensors) != meta.get("payload_sha256"):
-            raise UsageError(f"{path}: payload checksum mismatch (the file was modified or damaged)")
+            raise UsageError(
+                f"{path}: payload checksum mismatch (the file was modified or damaged)"
+            )
         return cls(meta, tensors)
 
     @property
@@ -176,7 +186,10 @@ class Ticket:
         for path, mask in self.masks().items():
             kept = int(mask.sum())
             if kept != self.meta["layers"][path]["kept"]:
-                raise UsageError(f"ticket layer {path}: mask has {kept} bits set, metadata says {self.meta['layers'][path]['kept']}")
+                raise UsageError(
+                    f"ticket layer {path}: mask has {kept} bits set, "
+                    f"metadata says {self.meta['layers'][path]['kept']}"
+                )
             w = torch.zeros(mask.shape, dtype=torch.float32)
             if f"{path}.values" in self.tensors:
                 w[mask] = self.tensors[f"{path}.values"].float()
@@ -200,18 +213,25 @@ class Ticket:
         for path, w in self.weights().items():
             state[f"{path}.weight"] = w
         expected = model.state_dict()
-        problems = [n for n in state if n in expected and tuple(state[n].shape) != tuple(expected[n].shape)]
+        problems = [
+            n for n in state if n in expected and tuple(state[n].shape) != tuple(expected[n].shape)
+        ]
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
         if problems or missing or extra:
             what = []
             if problems:
-                what.append(f"shape of {problems[0]} is {tuple(state[problems[0]].shape)}, arch has {tuple(expected[problems[0]].shape)}")
+                what.append(
+                    f"shape of {problems[0]} is {tuple(state[problems[0]].shape)}, "
+                    f"arch has {tuple(expected[problems[0]].shape)}"
+                )
             if missing:
                 what.append(f"arch has {missing[0]} but the ticket does not")
             if extra:
                 what.append(f"ticket has {extra[0]} but the arch does not")
-            raise UsageError(f"ticket does not match its declared arch '{self.meta['arch']}': {'; '.join(what)}")
+            raise UsageError(
+                f"ticket does not match its declared arch '{self.meta['arch']}': {'; '.join(what)}"
+            )
         model.load_state_dict(state)
         return model.to(device).eval()
 

@@ -39,13 +39,15 @@ class Silent:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" is cuda when present, else cpu; anything else must exist."""
+    """ "auto" is cuda when present, else cpu; anything else must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device '{name}' is not a device (try auto, cpu, cuda, cuda:1)") from None
+        raise UsageError(
+            f"--device '{name}' is not a device (try auto, cpu, cuda, cuda:1)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine")
     return device
@@ -69,7 +71,9 @@ def make_optimizer_factory(cfg: Any):
     build = spec.load()
 
     def make(groups: list[dict]) -> torch.optim.Optimizer:
-        opt = build(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **vars(options))
+        opt = build(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **vars(options)
+        )
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
         return opt
@@ -78,7 +82,9 @@ def make_optimizer_factory(cfg: Any):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: Dataset, device: torch.device, split: Split | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, ds: Dataset, device: torch.device, split: Split | None = None
+) -> dict[str, float]:
     """Top-1/top-5 accuracy (%) and mean cross-entropy on the test split, in eval mode."""
     model.eval()
     loader = Loader(ds, split or ds.test, EVAL_BATCH, train=False, device=device)
@@ -92,12 +98,22 @@ def evaluate(model: nn.Module, ds: Dataset, device: torch.device, split: Split |
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=1).sum())
     n = len(loader.split)
-    return {"test_acc1": 100.0 * correct1 / n, "test_acc5": 100.0 * correct5 / n, "test_loss": loss / n}
+    return {
+        "test_acc1": 100.0 * correct1 / n,
+        "test_acc5": 100.0 * correct5 / n,
+        "test_loss": loss / n,
+    }
 
 
 def fit(
-    model: nn.Module, method: Method, ds: Dataset, cfg: Any, run: Any | None = None,
-    reporter: Reporter | None = None, *, phase: str = "train",
+    model: nn.Module,
+    method: Method,
+    ds: Dataset,
+    cfg: Any,
+    run: Any | None = None,
+    reporter: Reporter | None = None,
+    *,
+    phase: str = "train",
 ) -> dict[str, Any]:
     """Train `model` with `method` for cfg.epochs; returns the last metrics record."""
     reporter = reporter or Silent()
@@ -132,10 +148,15 @@ def fit(
             reporter.advance(loss=float(loss))
         reporter.stop()
         if not math.isfinite(total_loss):
-            raise JobError(f"training diverged at epoch {epoch + 1} (loss is {total_loss}); lower --lr")
+            raise JobError(
+                f"training diverged at epoch {epoch + 1} (loss is {total_loss}); lower --lr"
+            )
         record = {
-            "phase": phase, "epoch": epoch + 1, "lr": cfg.lr * factor,
-            "train_loss": total_loss / max(seen, 1), "train_acc1": 100.0 * correct / max(seen, 1),
+            "phase": phase,
+            "epoch": epoch + 1,
+            "lr": cfg.lr * factor,
+            "train_loss": total_loss / max(seen, 1),
+            "train_acc1": 100.0 * correct / max(seen, 1),
             "seconds": round(time.perf_counter() - began, 3),
         }
         last = epoch + 1 == cfg.epochs
@@ -152,7 +173,10 @@ def fit(
 
 
 def _describe(record: dict[str, Any]) -> str:
-    text = f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_acc1']:.2f}%"
+    text = (
+        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
+        f"acc {record['train_acc1']:.2f}%"
+    )
     if "test_acc1" in record:
         text += f", test acc {record['test_acc1']:.2f}%"
     return text + f" ({record['seconds']:.1f}s)"

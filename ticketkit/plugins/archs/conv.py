@@ -24,13 +24,19 @@ class ConvOptions:
     bias: bool = option(True, "biases on conv and linear layers")
 
 
-def build(input, *, depth: int, name: str, width: float, binary_act: bool, affine_bn: bool, bias: bool):
+def build(
+    input, *, depth: int, name: str, width: float, binary_act: bool, affine_bn: bool, bias: bool
+):
     from torch import nn
 
     from ticketkit.core.model import activation, norm, pooled_size
 
     def act(channels: int, dims: int) -> list:
-        return [norm(channels, dims, affine_bn), activation(True)] if binary_act else [activation(False)]
+        return (
+            [norm(channels, dims, affine_bn), activation(True)]
+            if binary_act
+            else [activation(False)]
+        )
 
     layers: list = []
     c_in = input.channels
@@ -61,7 +67,8 @@ def ticketkit_register_archs(register):
         register(
             ArchSpec(
                 name=name,
-                summary=f"{2 * depth} conv layers (64..{64 * 2 ** (depth - 1)} ch) + FC 256-256 (Frankle & Carbin)",
+                summary=f"{2 * depth} conv layers (64..{64 * 2 ** (depth - 1)} ch) + FC 256-256 "
+                "(Frankle & Carbin)",
                 factory=_factory(name),
                 options=ConvOptions,
             )

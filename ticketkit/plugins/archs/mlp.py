@@ -36,4 +36,11 @@ def build(input, *, width: float, binary_act: bool, affine_bn: bool, bias: bool)
 
 @hookimpl
 def ticketkit_register_archs(register):
-    register(ArchSpec(name="mlp", summary="LeNet-300-100 multilayer perceptron", factory=build, options=MLPOptions))
+    register(
+        ArchSpec(
+            name="mlp",
+            summary="LeNet-300-100 multilayer perceptron",
+            factory=build,
+            options=MLPOptions,
+        )
+    )

@@ -41,4 +41,10 @@ class Digits(DatasetSource):
 
 @hookimpl
 def ticketkit_register_datasets(register):
-    register(DatasetSpec(name="digits", summary="scikit-learn digits, 8x8 grey, 10 classes (bundled)", factory=Digits))
+    register(
+        DatasetSpec(
+            name="digits",
+            summary="scikit-learn digits, 8x8 grey, 10 classes (bundled)",
+            factory=Digits,
+        )
+    )

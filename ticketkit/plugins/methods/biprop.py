@@ -24,8 +24,12 @@ from ticketkit.plugin import ScoreMethod
 
 @dataclass(frozen=True)
 class BipropOptions:
-    alpha: str = option("layer", "binary scale per layer (paper) or per output channel", ("layer", "channel"))
-    ramp_epochs: int = option(10, "global scope, sparsity >= 50%: epochs of the cubic sparsity ramp")
+    alpha: str = option(
+        "layer", "binary scale per layer (paper) or per output channel", ("layer", "channel")
+    )
+    ramp_epochs: int = option(
+        10, "global scope, sparsity >= 50%: epochs of the cubic sparsity ramp"
+    )
 
 
 class Biprop(ScoreMethod):
@@ -58,7 +62,8 @@ def ticketkit_register_methods(register):
     register(
         MethodSpec(
             name="biprop",
-            summary="biprop: binarized top-k subnetwork of a random network, MPT-1/32 and 1/1 (Diffenderfer & Kailkhura 2021)",
+            summary="biprop: binarized top-k subnetwork of a random network, MPT-1/32 and 1/1 "
+            "(Diffenderfer & Kailkhura 2021)",
             factory=Biprop,
             options=BipropOptions,
         )

@@ -27,7 +27,8 @@ def ticketkit_register_methods(register):
     register(
         MethodSpec(
             name="edgepopup",
-            summary="edge-popup: top-k score masks on a random, frozen network (Ramanujan et al. 2020)",
+            summary="edge-popup: top-k score masks on a random, frozen network "
+            "(Ramanujan et al. 2020)",
             factory=EdgePopup,
         )
     )

@@ -27,7 +27,13 @@ class AdamOptions:
 def sgd(groups, *, lr, momentum, weight_decay, nesterov=False):
     import torch
 
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
+    return torch.optim.SGD(
+        groups,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=nesterov and momentum > 0,
+    )
 
 
 def adam(groups, *, lr, momentum, weight_decay, beta1=0.9, beta2=0.999, eps=1e-8):
@@ -39,11 +45,34 @@ def adam(groups, *, lr, momentum, weight_decay, beta1=0.9, beta2=0.999, eps=1e-8
 def adamw(groups, *, lr, momentum, weight_decay, beta1=0.9, beta2=0.999, eps=1e-8):
     import torch
 
-    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay
+    )
 
 
 @hookimpl
 def ticketkit_register_optimizers(register):
-    register(OptimizerSpec(name="sgd", summary="SGD with momentum (torch.optim.SGD)", factory=sgd, options=SGDOptions))
-    register(OptimizerSpec(name="adam", summary="Adam (torch.optim.Adam); --momentum unused", factory=adam, options=AdamOptions))
-    register(OptimizerSpec(name="adamw", summary="AdamW, decoupled weight decay (torch.optim.AdamW)", factory=adamw, options=AdamOptions))
+    register(
+        OptimizerSpec(
+            name="sgd",
+            summary="SGD with momentum (torch.optim.SGD)",
+            factory=sgd,
+            options=SGDOptions,
+        )
+    )
+    register(
+        OptimizerSpec(
+            name="adam",
+            summary="Adam (torch.optim.Adam); --momentum unused",
+            factory=adam,
+            options=AdamOptions,
+        )
+    )
+    register(
+        OptimizerSpec(
+            name="adamw",
+            summary="AdamW, decoupled weight decay (torch.optim.AdamW)",
+            factory=adamw,
+            options=AdamOptions,
+        )
+    )

@@ -1,0 +1,78 @@
+"""Shared fixtures: run the CLI in-process or as a real subprocess, and locate real data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `ticketkit ARGS` in this process; returns exit code, stdout and stderr."""
+
+    def run(*args: str, stdin: str | None = None) -> Outcome:
+        from ticketkit.cli import main
+
+        if stdin is not None:
+            import io
+
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return Outcome(code, out, err)
+
+    return run
+
+
+def run_subprocess(
+    *args: str, env: dict | None = None, stdin: str | None = None, cwd=None
+) -> Outcome:
+    """Run the installed `ticketkit` console script as a user would."""
+    script = Path(sys.executable).parent / "ticketkit"  # the venv's script, even if not on PATH
+    proc = subprocess.run(
+        [str(script) if script.exists() else "ticketkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=900,
+    )
+    return Outcome(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """Fashion-MNIST must be installed (Debian package dataset-fashion-mnist)."""
+    if not (FASHION / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail("Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+    return FASHION

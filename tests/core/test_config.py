@@ -1,0 +1,57 @@
+import pytest
+
+from ticketkit.core.config import PruneConfig, presets, resolve
+from ticketkit.errors import UsageError
+
+BASE = {"method": "biprop", "arch": "mlp", "k": 0.5, "dataset": "digits"}
+
+
+def test_precedence_cli_over_file_over_preset_over_defaults(tmp_path):
+    cfg_file = tmp_path / "c.yml"
+    cfg_file.write_text("lr: 0.05\nepochs: 7\nweight-decay: 0.001\noptions: {alpha: channel}\n")
+    cfg = resolve(
+        PruneConfig,
+        {**BASE, "epochs": 2, "options": {"ramp_epochs": 3}},
+        str(cfg_file),
+        "biprop-mpt-1-32",
+    )
+    assert cfg.epochs == 2  # CLI
+    assert cfg.lr == 0.05 and cfg.weight_decay == 0.001  # file over preset
+    assert cfg.momentum == 0.9 and cfg.init == "kaiming-normal"  # preset
+    assert cfg.batch_size == 128 and cfg.seed == 0  # defaults
+    assert cfg.options == {"alpha": "channel", "ramp_epochs": 3}  # dicts merge key by key
+
+
+def test_unknown_key_names_the_nearest(tmp_path):
+    cfg_file = tmp_path / "c.yml"
+    cfg_file.write_text("learning_rate: 0.1\n")
+    with pytest.raises(UsageError, match="unknown config key 'learning_rate'"):
+        resolve(PruneConfig, BASE, str(cfg_file))
+    cfg_file.write_text("epoch: 3\n")
+    with pytest.raises(UsageError, match="did you mean 'epochs'"):
+        resolve(PruneConfig, BASE, str(cfg_file))
+
+
+@pytest.mark.parametrize("k", [0.0, -0.1, 1.5])
+def test_k_outside_the_unit_interval(k):
+    with pytest.raises(UsageError, match=r"\(0, 1\]"):
+        resolve(PruneConfig, {**BASE, "k": k})
+
+
+def test_bad_values_and_files(tmp_path):
+    with pytest.raises(UsageError, match="expected int"):
+        resolve(PruneConfig, {**BASE, "epochs": "three"})
+    with pytest.raises(UsageError, match="no such file"):
+        resolve(PruneConfig, BASE, str(tmp_path / "missing.yml"))
+    with pytest.raises(UsageError, match="unknown preset 'biprop-mpt-1-33'; did you mean"):
+        resolve(PruneConfig, BASE, preset="biprop-mpt-1-33")
+    (tmp_path / "bad.yml").write_text("- a list\n")
+    with pytest.raises(UsageError, match="mapping"):
+        resolve(PruneConfig, BASE, str(tmp_path / "bad.yml"))
+
+
+def test_shipped_presets_all_resolve():
+    assert {"edgepopup-conv", "biprop-mpt-1-32", "biprop-mpt-1-1"} <= set(presets())
+    for name in presets():
+        cfg = resolve(PruneConfig, {"arch": "conv4", "k": 0.5, "dataset": "cifar10"}, preset=name)
+        assert cfg.method is not None

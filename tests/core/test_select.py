@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+
+from ticketkit.core.select import Selector, kept_count
+
+
+def reference_mask(a: torch.Tensor, keep: int) -> torch.Tensor:
+    """Top-`keep` by value, ties broken by lowest index (stable sort on -a)."""
+    order = torch.sort(-a, stable=True).indices
+    mask = torch.zeros_like(a, dtype=torch.bool)
+    mask[order[:keep]] = True
+    return mask
+
+
+@pytest.mark.parametrize("n", [7, 1000, 20_000, 300_000])
+@pytest.mark.parametrize("k", [0.01, 0.2, 0.5, 0.95])
+def test_selection_matches_a_full_sort(n, k):
+    gen = torch.Generator().manual_seed(n)
+    a = torch.rand(n, generator=gen)
+    keep = kept_count(n, k)
+    assert torch.equal(Selector().mask(a, keep), reference_mask(a, keep))
+
+
+def test_warm_selector_stays_exact_while_values_drift():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(200_000, generator=gen).abs()
+    sel = Selector()
+    keep = kept_count(a.numel(), 0.3)
+    for step in range(30):
+        # small drift (a training step), then a large jump that must defeat the warm bracket
+        a = a + (1e-3 if step != 20 else 0.5) * torch.randn(a.shape, generator=gen)
+        a = a.abs()
+        mask = sel.mask(a, keep)
+        assert int(mask.sum()) == keep
+        assert torch.equal(mask, reference_mask(a, keep))
+
+
+def test_ties_are_broken_by_index_and_count_is_exact():
+    a = torch.tensor([0.5, 1.0, 0.5, 0.5, 2.0, 0.5] * 5000)
+    for keep in (1, 2, 3, 5000, 10_001, 29_999):
+        mask = Selector().mask(a, keep)
+        assert int(mask.sum()) == keep
+        assert torch.equal(mask, reference_mask(a, keep))
+
+
+def test_keep_all_and_float_output():
+    a = torch.rand(100)
+    out = torch.empty(100)
+    Selector().select(a, 100, out)
+    assert torch.equal(out, torch.ones(100))
+    Selector().select(a, 10, out)
+    assert out.sum() == 10 and set(out.unique().tolist()) == {0.0, 1.0}
+
+
+def test_kept_count_uses_the_references_rounding():
+    for n in (1, 9, 100, 1234, 4_300_992):
+        for k in (0.1, 0.2, 0.3, 0.5, 0.8, 1.0):
+            assert kept_count(n, k) == n - math.floor((1 - k) * n)
+    assert kept_count(10, 0.3) == 3
+    assert kept_count(9, 0.5) == 5  # floor(4.5) = 4 pruned

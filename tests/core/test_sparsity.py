@@ -1,0 +1,163 @@
+import pytest
+import torch
+from torch import nn
+
+from ticketkit.core.select import kept_count
+from ticketkit.core.sparsity import Fixed, Sparsifier, TopK, init_scores, prunable_layers
+
+
+class MyConv(nn.Conv2d):
+    """A Conv2d subclass, as timm defines them: must be found and masked too."""
+
+
+def small_net(affine: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        MyConv(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8, affine=affine),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+
+
+def attach(model, k=0.3, scope="layer", granularity="unstructured", **kw):
+    sp = Sparsifier.attach(model, TopK(k, scope, granularity), **kw)
+    init_scores(sp.layers, "kaiming-uniform", torch.Generator().manual_seed(1))
+    sp.refresh(force=True)
+    return sp
+
+
+def test_every_conv_and_linear_is_prunable_including_subclasses():
+    paths = [p for p, _ in prunable_layers(small_net())]
+    assert paths == ["0", "3", "7"]
+    assert [p for p, _ in prunable_layers(small_net(), dense_first=True, dense_last=True)] == ["3"]
+
+
+@pytest.mark.parametrize("k", [0.05, 0.3, 0.5, 1.0])
+def test_layerwise_kept_counts_are_exact(k):
+    sp = attach(small_net(), k)
+    for layer in sp.layers:
+        assert int(layer.mask.sum()) == kept_count(layer.numel, k)
+
+
+def test_global_kept_count_is_exact_and_layers_are_free():
+    model = small_net()
+    sp = attach(model, 0.2, "global")
+    total = sum(layer.numel for layer in sp.layers)
+    assert sum(sp.kept().values()) == kept_count(total, 0.2)
+    # one threshold: every kept |score| is >= every pruned |score|
+    kept = torch.cat([l.scores.abs()[l.mask.bool()] for l in sp.layers])
+    pruned = torch.cat([l.scores.abs()[~l.mask.bool()] for l in sp.layers])
+    assert kept.min() >= pruned.max()
+
+
+def test_filter_and_channel_masks_zero_whole_slices():
+    sp = attach(small_net(), 0.5, granularity="filter")
+    conv = sp.layers[1]
+    per_filter = conv.mask.flatten(1).sum(1)
+    assert set(per_filter.tolist()) <= {0.0, float(conv.mask[0].numel())}
+    assert int((per_filter > 0).sum()) == kept_count(16, 0.5)
+    sp2 = attach(small_net(), 0.25, granularity="channel")
+    conv = sp2.layers[1]
+    per_channel = conv.mask.transpose(0, 1).flatten(1).sum(1)
+    assert int((per_channel > 0).sum()) == kept_count(8, 0.25)
+    assert set(per_channel.tolist()) <= {0.0, float(16 * 9)}
+
+
+def test_straight_through_gradient_matches_the_formula():
+    sp = attach(small_net(), 0.4)
+    layer = sp.layers[1]
+    layer.weight.requires_grad_(True)
+    weight = layer.module.weight  # the effective weight W * m, built with autograd
+    weight.retain_grad()
+    out = torch.nn.functional.conv2d(torch.randn(2, 8, 5, 5), weight, padding=1)
+    out.square().sum().backward()
+    g = weight.grad  # dL/dW_eff
+    assert torch.allclose(
+        layer.scores.grad, g * layer.weight.detach() * torch.sign(layer.scores.detach())
+    )
+    assert torch.allclose(layer.weight.grad, g * layer.mask)
+
+
+def test_binary_weights_are_alpha_sign_on_kept_weights():
+    model = small_net()
+    sp = attach(model, 0.5, binary=True)
+    for layer in sp.layers:
+        eff = layer.module.weight.detach()
+        kept = layer.mask.bool()
+        alpha = layer.weight.abs()[kept].mean()
+        assert torch.allclose(eff[kept].abs(), alpha.expand(int(kept.sum())))
+        assert torch.equal(torch.sign(eff[kept]), torch.sign(layer.weight[kept]))
+        assert torch.all(eff[~kept] == 0)
+
+
+def test_channel_alpha_is_per_output_channel():
+    sp = attach(small_net(), 0.5, binary=True, alpha="channel")
+    layer = sp.layers[1]
+    eff, kept = layer.module.weight.detach(), layer.mask.bool()
+    for c in range(eff.shape[0]):
+        vals = eff[c][kept[c]].abs()
+        if vals.numel():
+            assert torch.allclose(vals, layer.weight[c].abs()[kept[c]].mean().expand_as(vals))
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=1.0),
+        lambda p: torch.optim.Adam(p, lr=1.0, fused=True),  # fused steps do not bump versions
+    ],
+)
+def test_masks_follow_the_scores_after_every_optimizer_step(make_opt):
+    model = small_net()
+    sp = attach(model, 0.3)
+    opt = make_opt(sp.scores())
+    x = torch.randn(4, 3, 6, 6)
+    before = [l.mask.clone() for l in sp.layers]
+    for _ in range(3):
+        model(x).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    model(x)  # the forward pre-hook refreshes
+    for layer, old in zip(sp.layers, before):
+        a = layer.scores.detach().abs().flatten()
+        expected = torch.zeros_like(a)
+        expected[a.topk(kept_count(layer.numel, 0.3)).indices] = 1
+        assert torch.equal(layer.mask.flatten(), expected)
+    assert any(not torch.equal(l.mask, o) for l, o in zip(sp.layers, before))
+
+
+def test_freeze_fixes_masks_and_remove_bakes_weights():
+    model = small_net()
+    sp = attach(model, 0.3)
+    sp.freeze()
+    assert isinstance(sp.rule, Fixed)
+    frozen = [l.mask.clone() for l in sp.layers]
+    with torch.no_grad():
+        for s in sp.scores():
+            s.mul_(-3).add_(1)
+    model(torch.randn(2, 3, 6, 6))
+    assert all(torch.equal(l.mask, m) for l, m in zip(sp.layers, frozen))
+    effective = [l.module.weight.detach().clone() for l in sp.layers]
+    sp.remove()
+    for layer, eff in zip(sp.layers, effective):
+        assert isinstance(layer.module.weight, nn.Parameter)
+        assert torch.equal(layer.module.weight.detach(), eff)
+
+
+def test_hydra_score_init_gives_the_magnitude_mask():
+    model = small_net()
+    sp = Sparsifier.attach(model, TopK(0.3))
+    init_scores(sp.layers, "hydra", None)
+    sp.refresh(force=True)
+    for layer in sp.layers:
+        bound = (6 / layer.fan_in) ** 0.5
+        assert float(layer.scores.detach().abs().max()) == pytest.approx(bound)
+        a = layer.weight.abs().flatten()
+        expected = torch.zeros_like(a)
+        expected[a.topk(kept_count(layer.numel, 0.3)).indices] = 1
+        assert torch.equal(layer.mask.flatten(), expected)
