@@ -12,7 +12,7 @@ import sys
 import typer
 
 from ticketkit.commands import eval as eval_cmd
-from ticketkit.commands import plugins, prune
+from ticketkit.commands import finetune, plugins, pretrain, prune
 
 app = typer.Typer(
     name="ticketkit",
@@ -22,7 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command("pretrain")(pretrain.pretrain)
 app.command("prune")(prune.prune)
+app.command("finetune")(finetune.finetune)
 app.command("eval")(eval_cmd.eval_)
 app.add_typer(plugins.app, name="plugins")
 

@@ -46,11 +46,13 @@ class Method:
 
     `source` says what the method starts from: "init" (a randomly initialised network, strong
     tickets) or "checkpoint" (a trained dense network). `default_init` is the weight
-    initialisation used when the user does not pick one.
+    initialisation used when the user does not pick one, `default_scope` the scope.
     """
 
     source: ClassVar[str] = "init"
     default_init: ClassVar[str] = "kaiming-normal"
+    default_scope: ClassVar[str] = "layer"
+    trains: ClassVar[bool] = True  # False: one-shot methods; the training loop is skipped
 
     def __init__(self, options: Any, setup: Setup) -> None:
         self.options = options

@@ -77,6 +77,6 @@ def test_best_and_last_checkpoints_and_metrics(tmp_path):
     assert (run / "checkpoints" / "last.safetensors").exists()
     assert (run / "checkpoints" / "best.safetensors").exists()
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["phase"] == "ticket" and "test_acc1" in records[0]
+    assert records[-1]["phase"] == "final" and "test_acc1" in records[0]
     assert (tmp_path / "results.csv").read_text().count("\n") == 2
     assert not list(run.glob(".*.tmp"))

@@ -125,6 +125,12 @@ ArchOptions = Annotated[
         help="arch option name=value, e.g. -A depth=16 (see `ticketkit plugins show ARCH`)",
     ),
 ]
+Input = Annotated[
+    str | None,
+    typer.Argument(
+        help="input artifact: a path, '-', or piped from another command", show_default=False
+    ),
+]
 Options = Annotated[
     list[str] | None,
     typer.Option(
@@ -185,6 +191,12 @@ def layer_table(layers: dict[str, dict[str, Any]], title: str = "layers") -> Tab
             path, "x".join(map(str, info["shape"])), f"{100 * frac:.1f}%", bar, f"{bits:,}"
         )
     return table
+
+
+def show_layers(result: Any) -> None:
+    """The per-layer sparsity table of a finished ticket, on stderr."""
+    if result.layers:
+        console.print(layer_table(result.layers, title=f"{result.path}"))
 
 
 def existing_file(path: str, what: str) -> Path:

@@ -1,32 +1,27 @@
-"""`ticketkit eval`: measure a ticket on its dataset's test set, from the file alone."""
+"""`ticketkit eval`: measure a ticket (or a dense checkpoint) on its dataset's test set, from
+the file alone."""
 
 from __future__ import annotations
-
-from typing import Annotated
-
-import typer
 
 from ticketkit.commands import _common as c
 
 
 def eval_(
-    ticket: Annotated[
-        str | None, typer.Argument(help="ticket file, '-' or piped from another command")
-    ] = None,
+    artifact: c.Input = None,
     data: c.Data = None,
     device: c.Device = None,
     json_out: c.Json = False,
 ) -> None:
-    """Print top-1/top-5 accuracy, loss and a per-layer table of a ticket."""
+    """Accuracy and loss of a ticket (with its per-layer table) or of a dense checkpoint."""
     from rich.table import Table
 
+    from ticketkit.core.artifacts import read_artifact
     from ticketkit.core.data import load_dataset
-    from ticketkit.core.ticket import Ticket
     from ticketkit.core.train import evaluate, resolve_device
     from ticketkit.errors import UsageError
 
-    path = c.read_input(ticket, "ticket")
-    t = Ticket.read(path)
+    path = c.read_input(artifact, "ticket or checkpoint")
+    t = read_artifact(path)
     dev = resolve_device(device or "auto")
     ds = load_dataset(t.meta["dataset"], data)
     if ds.input != t.input:
@@ -35,7 +30,8 @@ def eval_(
         )
     metrics = evaluate(t.build(dev), ds, dev)
     recorded = t.meta.get("metrics", {})
-    c.console.print(c.layer_table(t.meta["layers"], title=f"{path}"))
+    if "layers" in t.meta:
+        c.console.print(c.layer_table(t.meta["layers"], title=f"{path}"))
     summary = Table(show_header=True, show_edge=False, pad_edge=False)
     for col in ("", "top-1 %", "top-5 %", "loss"):
         summary.add_column(col, justify="right")
@@ -57,12 +53,12 @@ def eval_(
         "kind": "eval",
         "path": str(path),
         "parent": t.meta.get("parent") or None,
-        "method": t.meta.get("method"),
-        "k": float(t.meta["k"]),
+        "method": t.meta.get("method", "dense"),
+        "k": float(t.meta.get("k", 1.0)),
         "dataset": t.meta["dataset"],
-        "weights": t.meta.get("weights"),
+        "weights": t.meta.get("weights", "dense"),
         "metrics": metrics,
         "recorded": recorded,
-        "layers": t.meta["layers"],
+        "layers": t.meta.get("layers", {}),
     }
     c.emit(record, json_out)

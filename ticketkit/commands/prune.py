@@ -1,4 +1,8 @@
-"""`ticketkit prune`: find a ticket and print its path."""
+"""`ticketkit prune`: find a ticket and print its path.
+
+Methods that start from a random network (edgepopup, biprop) take no input; methods that prune
+a trained network (magnitude, hydra, bip) take a dense checkpoint as argument or on stdin.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from ticketkit.specs import parse_assignments
 
 
 def prune(
+    checkpoint: c.Input = None,
     method: Annotated[
         str | None,
         typer.Option("--method", "-m", help="pruning method (see `ticketkit plugins`)"),
@@ -85,7 +90,8 @@ def prune(
     force: c.Force = False,
     json_out: c.Json = False,
 ) -> None:
-    """Find a ticket in a randomly initialised network; print the ticket's path."""
+    """Find a ticket (in a random network, or in a dense checkpoint); print its path."""
+    from ticketkit import registry
     from ticketkit.core import config as configs
     from ticketkit.core import jobs
 
@@ -130,5 +136,11 @@ def prune(
         config, preset = str(resume / "config.yaml"), None
         cli = {"name": resume.name, "out": str(resume.parent), "device": device}
     cfg = configs.resolve(configs.PruneConfig, cli, config, preset)
-    result = jobs.prune(cfg, c.Progress(), force=force)
+    source = None
+    if registry.get_method(cfg.method).load().source == "checkpoint":  # type: ignore[arg-type]
+        source = c.read_input(checkpoint, "dense checkpoint")
+    elif checkpoint is not None:
+        source = checkpoint  # the job explains why this method takes no input
+    result = jobs.prune(cfg, c.Progress(), force=force, source=source)
+    c.show_layers(result)
     c.emit(result.record(), json_out)

@@ -57,8 +57,34 @@ class TrainConfig:
             raise UsageError(
                 f"--schedule must be one of {', '.join(SCHEDULES)}; got '{self.schedule}'"
             )
+
+    def require_dataset(self) -> str:
         if self.dataset is None:
             raise UsageError("no dataset given: pass --dataset NAME (see `ticketkit plugins`)")
+        return self.dataset
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """`ticketkit pretrain`: train a dense network (BiP's recipe: SGD 0.1, wd 5e-4, cosine)."""
+
+    arch: str | None = None
+    arch_options: dict = field(default_factory=dict)
+    init: str | None = None  # None: the architecture's own initialisation
+    weight_decay: float = 5e-4
+
+    def validate(self) -> None:
+        super().validate()
+        if self.arch is None:
+            raise UsageError("no arch given: pass --arch")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """`ticketkit finetune`: train a ticket's kept weights with its mask fixed (HYDRA: lr 0.01)."""
+
+    k: float | None = None  # if given, must equal the ticket's
+    lr: float = 0.01
 
 
 @dataclass
@@ -69,7 +95,7 @@ class PruneConfig(TrainConfig):
     arch: str | None = None
     arch_options: dict = field(default_factory=dict)
     k: float | None = None
-    scope: str = "layer"
+    scope: str | None = None  # None: the method's default (layer; global for bip)
     granularity: str = "unstructured"
     options: dict = field(default_factory=dict)
     init: str | None = None
@@ -82,11 +108,11 @@ class PruneConfig(TrainConfig):
         from ticketkit.core.sparsity import GRANULARITIES, SCOPES
 
         super().validate()
-        for key, flag in (("method", "--method"), ("arch", "--arch"), ("k", "--k")):
+        for key, flag in (("method", "--method"), ("k", "--k")):
             if getattr(self, key) is None:
                 raise UsageError(f"no {key} given: pass {flag}")
         check_k(self.k)
-        if self.scope not in SCOPES:
+        if self.scope is not None and self.scope not in SCOPES:
             raise UsageError(f"--scope must be one of {', '.join(SCOPES)}; got '{self.scope}'")
         if self.granularity not in GRANULARITIES:
             raise UsageError(

@@ -1,8 +1,10 @@
 """Jobs: what each command does, as plain functions of a config (no CLI here).
 
-A job builds what the config names from the registry, hands it to the training loop, writes its
-artifact into the run directory and returns a `Result`. Re-running a finished job returns the
-existing artifact (unless `force`); an interrupted one resumes from its last checkpoint.
+A job builds what the config names from the registry (or reads it from its input artifact),
+hands it to the training loop, writes its artifact into the run directory and returns a
+`Result`. Re-running a finished job returns the existing artifact (unless `force`); an
+interrupted one resumes from its last checkpoint. Every artifact's recorded accuracy is measured
+on the network rebuilt from the artifact itself, so `eval` reproduces it exactly.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 import torch
 
 from ticketkit.core import config as configs
-from ticketkit.core.data import load_dataset
+from ticketkit.core.artifacts import Bundle, Checkpoint
+from ticketkit.core.data import Dataset, load_dataset
 from ticketkit.core.model import arch_options, build_model, init_weights
 from ticketkit.core.runs import Run
-from ticketkit.core.sparsity import prunable_layers
+from ticketkit.core.sparsity import Fixed, Sparsifier, prunable_layers
 from ticketkit.core.ticket import Ticket
 from ticketkit.core.train import Reporter, Silent, evaluate, fit, resolve_device
 from ticketkit.errors import UsageError
@@ -36,6 +39,7 @@ class Result:
     k: float | None = None
     parent: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, Any] = field(default_factory=dict)
     reused: bool = False
 
     def record(self) -> dict[str, Any]:
@@ -49,10 +53,142 @@ class Result:
         }
 
 
+# ---- shared steps ------------------------------------------------------------------------------
+
+
+def _dataset_for(cfg: Any, parent: Bundle | None) -> Dataset:
+    """The config's dataset (default: the parent's), checked against the parent's input shape."""
+    if cfg.dataset is None and parent is not None:
+        cfg.dataset = parent.meta["dataset"]
+    ds = load_dataset(cfg.require_dataset(), cfg.data, cfg.subset)
+    if parent is not None and ds.input != parent.input:
+        raise UsageError(
+            f"the input was made for {_shape(parent.input)}, but dataset '{ds.name}' gives "
+            f"{_shape(ds.input)}"
+        )
+    return ds
+
+
+def _shape(spec: Any) -> str:
+    return f"{spec.channels}x{spec.height}x{spec.width} images in {spec.classes} classes"
+
+
+def _start(run: Run, cfg: Any, artifact: str, force: bool, reporter: Reporter) -> Path | None:
+    """The finished artifact if this exact run is done (and not forced); else claim the run."""
+    path = run.artifact(artifact)
+    text = configs.to_yaml(cfg)
+    if not force and path.exists() and run.matches(text):
+        reporter.note(f"reusing finished run {run.root} (--force recomputes)")
+        return path
+    run.claim(text, force)
+    if force:
+        for stale in run.checkpoints.glob("*.safetensors"):
+            stale.unlink()
+    return None
+
+
+def _finish(
+    bundle: Bundle, ds: Dataset, cfg: Any, run: Run, reporter: Reporter, artifact: str, row: dict
+) -> Path:
+    """Measure the artifact as rebuilt from itself, save it, log it, add a results row."""
+    device = resolve_device(cfg.device)
+    reporter.note("evaluating the artifact as saved")
+    metrics = evaluate(bundle.build(device), ds, device)  # type: ignore[attr-defined]
+    bundle.meta["metrics"] = metrics
+    path = bundle.save(run.artifact(artifact))
+    run.log({"phase": "final", "epoch": cfg.epochs, **metrics})
+    run.append_result(
+        {
+            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "run": run.root.name,
+            **row,
+            "dataset": cfg.dataset,
+            "epochs": cfg.epochs,
+            "seed": cfg.seed,
+            "test_acc1": f"{metrics['test_acc1']:.2f}",
+            "test_acc5": f"{metrics['test_acc5']:.2f}",
+            "path": str(path),
+        }
+    )
+    reporter.note(f"top-1 {metrics['test_acc1']:.2f}%  top-5 {metrics['test_acc5']:.2f}%")
+    return path
+
+
+def _reused(kind: str, path: Path, cls: type[Bundle]) -> Result:
+    b = cls.read(path)
+    k = float(b.meta["k"]) if "k" in b.meta else None
+    return Result(
+        kind,
+        path,
+        b.meta.get("method"),
+        k,
+        b.meta.get("parent") or None,
+        b.meta["metrics"],
+        b.meta.get("layers", {}),
+        reused=True,
+    )
+
+
+# ---- pretrain ----------------------------------------------------------------------------------
+
+
+def pretrain(
+    cfg: configs.PretrainConfig, reporter: Reporter | None = None, force: bool = False
+) -> Result:
+    """Train a dense network of any registered arch; the artifact is a dense checkpoint."""
+    reporter = reporter or Silent()
+    ds = _dataset_for(cfg, None)
+    if cfg.init is not None:
+        get_initializer(cfg.init)
+    cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, {})  # type: ignore[arg-type]
+    run = Run.for_config("pretrain", configs.as_dict(cfg), f"{cfg.arch}")
+    done = _start(run, cfg, "checkpoint.safetensors", force, reporter)
+    if done is not None:
+        return _reused("checkpoint", done, Checkpoint)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, ds.input, **cfg.arch_options)  # type: ignore[arg-type]
+    if cfg.init is not None:
+        init_weights(model, cfg.init, seed=cfg.seed)
+    fit(
+        model,
+        Method(None, Setup(k=1.0, epochs=cfg.epochs, seed=cfg.seed)),
+        ds,
+        cfg,
+        run,
+        reporter,
+        phase="pretrain",
+    )
+    model.cpu()
+    ckpt = Checkpoint.from_model(
+        model,
+        arch=cfg.arch,
+        arch_kwargs=cfg.arch_options,
+        input=vars(ds.input),
+        dataset=cfg.dataset,
+        config=configs.as_dict(cfg),
+        parent="",
+    )
+    path = _finish(
+        ckpt,
+        ds,
+        cfg,
+        run,
+        reporter,
+        "checkpoint.safetensors",
+        {"arch": cfg.arch, "method": "dense", "k": 1.0},
+    )
+    return Result("checkpoint", path, "dense", 1.0, None, ckpt.meta["metrics"])
+
+
+# ---- prune -------------------------------------------------------------------------------------
+
+
 def make_method(cfg: configs.PruneConfig, phase: str) -> Method:
     spec = get_method(cfg.method)  # type: ignore[arg-type]
     require_phase(spec, phase)
+    cls = spec.load()
     options = spec.make_options(cfg.options)
+    cfg.scope = cfg.scope or cls.default_scope
     setup = Setup(
         k=cfg.k,
         scope=cfg.scope,
@@ -63,100 +199,180 @@ def make_method(cfg: configs.PruneConfig, phase: str) -> Method:
         epochs=cfg.epochs,
         seed=cfg.seed,
     )
-    return spec.load()(options, setup)
+    return cls(options, setup)
 
 
 def prune(
-    cfg: configs.PruneConfig, reporter: Reporter | None = None, force: bool = False
+    cfg: configs.PruneConfig,
+    reporter: Reporter | None = None,
+    force: bool = False,
+    source: str | Path | None = None,
 ) -> Result:
-    """Find a ticket in a randomly initialised network (edge-popup, biprop, ...)."""
+    """Find a ticket: in a random network (source None) or in a dense checkpoint."""
     reporter = reporter or Silent()
     method = make_method(cfg, "prune")
-    if method.source != "init":
-        raise UsageError(f"method '{cfg.method}' prunes a trained checkpoint; pass one as input")
-    init = cfg.init or method.default_init
-    get_initializer(init)  # unknown names fail before any work
-    cfg.init = init
-    ds = load_dataset(cfg.dataset, cfg.data, cfg.subset)  # type: ignore[arg-type]
-    arch_kwargs = arch_options(cfg.arch, cfg.arch_options, method.arch_options())  # type: ignore[arg-type]
-    cfg.arch_options = arch_kwargs
-    run = Run.for_config("prune", configs.as_dict(cfg), f"{cfg.arch}-{cfg.method}-k{cfg.k:g}")
-    ticket_path = run.artifact("ticket.safetensors")
-    if not force and ticket_path.exists() and run.matches(configs.to_yaml(cfg)):
-        reporter.note(f"reusing finished run {run.root} (--force recomputes)")
-        ticket = Ticket.read(ticket_path)
-        return Result(
-            "ticket", ticket_path, cfg.method, cfg.k, metrics=ticket.meta["metrics"], reused=True
-        )
-    run.claim(configs.to_yaml(cfg), force)
-    if force:
-        for stale in run.checkpoints.glob("*.safetensors"):
-            stale.unlink()
+    parent: Checkpoint | None = None
+    if method.source == "checkpoint":
+        if source is None:
+            raise UsageError(
+                f"method '{cfg.method}' prunes a trained network: pass a dense checkpoint "
+                f"(from `ticketkit pretrain`) as input"
+            )
+        parent = Checkpoint.read(source)
+        if cfg.arch is not None and cfg.arch != parent.meta["arch"]:
+            raise UsageError(
+                f"--arch {cfg.arch} differs from the checkpoint's arch '{parent.meta['arch']}'"
+            )
+        cfg.arch, cfg.arch_options, cfg.init = parent.meta["arch"], parent.meta["arch_kwargs"], None
+    else:
+        if source is not None:
+            raise UsageError(
+                f"method '{cfg.method}' starts from a random network; it takes no input"
+            )
+        if cfg.arch is None:
+            raise UsageError("no arch given: pass --arch")
+        cfg.init = cfg.init or method.default_init
+        get_initializer(cfg.init)  # unknown names fail before any work
+        cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, method.arch_options())
+    if not method.trains:
+        cfg.epochs = 0
+    ds = _dataset_for(cfg, parent)
+    parent_id = parent.meta["payload_sha256"] if parent else None
+    run = Run.for_config(
+        "prune", configs.as_dict(cfg), f"{cfg.arch}-{cfg.method}-k{cfg.k:g}", parent_id
+    )
+    done = _start(run, cfg, "ticket.safetensors", force, reporter)
+    if done is not None:
+        return _reused("ticket", done, Ticket)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, ds.input, **arch_kwargs)  # type: ignore[arg-type]
-    prunable = {
-        p for p, _ in prunable_layers(model, dense_first=cfg.dense_first, dense_last=cfg.dense_last)
-    }
-    scale_k = cfg.k if cfg.init_scale == "scaled" else None
-    init_weights(model, init, seed=cfg.seed, scale_k=scale_k, prunable=prunable)
+    if parent is not None:
+        model = parent.build("cpu").train()
+    else:
+        model = build_model(cfg.arch, ds.input, **cfg.arch_options)
+        layers = prunable_layers(model, dense_first=cfg.dense_first, dense_last=cfg.dense_last)
+        scale_k = cfg.k if cfg.init_scale == "scaled" else None
+        init_weights(
+            model, cfg.init, seed=cfg.seed, scale_k=scale_k, prunable={p for p, _ in layers}
+        )  # type: ignore[arg-type]
     if cfg.learn_bn and not norm_parameters(model):
         raise UsageError(
             f"--learn-bn: arch '{cfg.arch}' as configured has no affine normalisation layers"
         )
     method.prepare(model)
-    fit(model, method, ds, cfg, run, reporter, phase="prune")
+    if method.trains:
+        fit(model, method, ds, cfg, run, reporter, phase="prune")
     method.finish(model)
-    return write_ticket(model, ds, cfg, run, reporter, method_name=cfg.method)  # type: ignore[arg-type]
+    return _write_ticket(
+        model,
+        ds,
+        cfg,
+        run,
+        reporter,
+        parent=str(source) if source else None,
+        meta={
+            "arch": cfg.arch,
+            "arch_kwargs": cfg.arch_options,
+            "method": cfg.method,
+            "method_options": cfg.options,
+            "k": cfg.k,
+            "scope": cfg.scope,
+            "granularity": cfg.granularity,
+            "command": "prune",
+            "init": {"scheme": cfg.init, "scale": cfg.init_scale, "seed": cfg.seed}
+            if parent is None
+            else {},
+        },
+    )
 
 
-def write_ticket(
+def _write_ticket(
     model: torch.nn.Module,
-    ds: Any,
+    ds: Dataset,
     cfg: Any,
     run: Run,
     reporter: Reporter,
     *,
-    method_name: str,
-    parent: str | None = None,
+    parent: str | None,
+    meta: dict[str, Any],
 ) -> Result:
-    """Save the ticket, measuring its accuracy on the model rebuilt from the ticket itself."""
-    device = resolve_device(cfg.device)
     model.cpu()
     ticket = Ticket.from_model(
         model,
-        arch=cfg.arch,
-        arch_kwargs=cfg.arch_options,
         input=vars(ds.input),
-        method=method_name,
-        method_options=cfg.options,
-        k=cfg.k,
-        scope=cfg.scope,
-        granularity=cfg.granularity,
-        init={"scheme": cfg.init, "scale": cfg.init_scale, "seed": cfg.seed},
         dataset=cfg.dataset,
         config=configs.as_dict(cfg),
         parent=parent or "",
+        **meta,
     )
-    reporter.note("evaluating the ticket as saved")
-    metrics = evaluate(ticket.build(device), ds, device)
-    ticket.meta["metrics"] = metrics
-    path = ticket.save(run.artifact("ticket.safetensors"))
-    run.log({"phase": "ticket", "epoch": cfg.epochs, **metrics})
-    run.append_result(
-        {
-            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-            "run": run.root.name,
-            "arch": cfg.arch,
-            "method": method_name,
-            "k": cfg.k,
-            "dataset": cfg.dataset,
-            "epochs": cfg.epochs,
-            "seed": cfg.seed,
-            "test_acc1": f"{metrics['test_acc1']:.2f}",
-            "test_acc5": f"{metrics['test_acc5']:.2f}",
-            "path": str(path),
-        }
+    row = {key: meta[key] for key in ("arch", "method", "k", "command")}
+    path = _finish(ticket, ds, cfg, run, reporter, "ticket.safetensors", row)
+    return Result(
+        "ticket",
+        path,
+        meta["method"],
+        float(meta["k"]),
+        parent,
+        ticket.meta["metrics"],
+        ticket.meta["layers"],
     )
-    reporter.note(f"ticket: top-1 {metrics['test_acc1']:.2f}%  top-5 {metrics['test_acc5']:.2f}%")
-    return Result("ticket", path, method_name, cfg.k, parent=parent, metrics=metrics)
+
+
+# ---- finetune ----------------------------------------------------------------------------------
+
+
+def finetune(
+    cfg: configs.FinetuneConfig,
+    source: str | Path,
+    reporter: Reporter | None = None,
+    force: bool = False,
+) -> Result:
+    """Train the kept weights of a ticket with its mask fixed; writes a ticket with values."""
+    reporter = reporter or Silent()
+    parent = Ticket.read(source)
+    k = float(parent.meta["k"])
+    if cfg.k is not None and abs(cfg.k - k) > 1e-12:
+        raise UsageError(
+            f"--k {cfg.k:g} differs from the ticket's k = {k:g}; fine-tuning keeps the mask"
+        )
+    cfg.k = k
+    ds = _dataset_for(cfg, parent)
+    run = Run.for_config(
+        "finetune",
+        configs.as_dict(cfg),
+        f"{parent.meta['arch']}-{parent.meta['method']}-k{k:g}",
+        parent.meta["payload_sha256"],
+    )
+    done = _start(run, cfg, "ticket.safetensors", force, reporter)
+    if done is not None:
+        return _reused("ticket", done, Ticket)
+    torch.manual_seed(cfg.seed)
+    model = parent.build("cpu").train()
+    masks = parent.masks()
+    sparsifier = Sparsifier.attach(
+        model, Fixed(), scores=False, exclude=lambda path, _: path not in masks
+    )
+    with torch.no_grad():
+        for layer in sparsifier.layers:
+            layer.mask.copy_(masks[layer.path])
+    for p in model.parameters():
+        p.requires_grad_(True)
+    fit(
+        model,
+        Method(None, Setup(k=k, epochs=cfg.epochs, seed=cfg.seed)),
+        ds,
+        cfg,
+        run,
+        reporter,
+        phase="finetune",
+    )
+    keep = ("arch", "arch_kwargs", "method", "method_options", "k", "scope", "granularity", "init")
+    return _write_ticket(
+        model,
+        ds,
+        cfg,
+        run,
+        reporter,
+        parent=str(source),
+        meta={**{key: parent.meta[key] for key in keep}, "command": "finetune"},
+    )

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ticketkit.errors import UsageError
 
-CHECKPOINT_FORMAT = "ticketkit.checkpoint/1"
+CHECKPOINT_FORMAT = "ticketkit.trainer-state/1"  # resumable training state, not an artifact
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -156,7 +156,7 @@ class Run:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != CHECKPOINT_FORMAT:
-            raise UsageError(f"{path} is not a ticketkit checkpoint")
+            raise UsageError(f"{path} is not ticketkit training state")
         tensors = load_file(str(path))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         for name, opt in optimizers.items():

@@ -56,12 +56,15 @@ def abs_grad(s: torch.Tensor) -> torch.Tensor:
 
 
 class _MaskSTE(torch.autograd.Function):
-    """W_eff from (W, s, m[, alpha, sign W]); gradients: W gets g*m, s gets g*W*relax'(s)."""
+    """W_eff from (W, s, m[, alpha, sign W]); gradients: W gets g*m, s gets g*W*relax'(s).
+
+    `ig` adds BiP's implicit-gradient term to the score gradient: ds -= ig * m * g^2.
+    """
 
     @staticmethod
-    def forward(ctx, w, s, mask, alpha, signs, relax_grad):  # type: ignore[override]
+    def forward(ctx, w, s, mask, alpha, signs, relax_grad, ig):  # type: ignore[override]
         ctx.save_for_backward(w, s, mask)
-        ctx.relax_grad = relax_grad
+        ctx.relax_grad, ctx.ig = relax_grad, ig
         ctx.binary = alpha is not None
         if alpha is None:
             return w * mask
@@ -75,7 +78,9 @@ class _MaskSTE(torch.autograd.Function):
             gw = g * mask
         if ctx.needs_input_grad[1]:
             gs = ctx.relax_grad(s).mul_(w).mul_(g)
-        return gw, gs, None, None, None, None
+            if ctx.ig:
+                gs.addcmul_(mask, g * g, value=-ctx.ig)
+        return gw, gs, None, None, None, None, None
 
 
 class MaskedWeight(nn.Module):
@@ -94,6 +99,7 @@ class MaskedWeight(nn.Module):
             self.register_buffer("alpha", torch.ones(shape, dtype=weight.dtype))
         self.relax_grad: Callable[[torch.Tensor], torch.Tensor] = abs_grad
         self.kept: int | None = None  # set by rules that know the kept count exactly
+        self.ig = 0.0  # implicit-gradient coefficient (BiP); 0 for plain straight-through
         self._cache: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
         self._buffer: torch.Tensor | None = None
 
@@ -118,7 +124,7 @@ class MaskedWeight(nn.Module):
         alpha = self.alpha if self.binary else None
         if self.scores is not None and torch.is_grad_enabled():
             base = self.signs(w)[0] if self.binary else None
-            return _MaskSTE.apply(w, self.scores, self.mask, alpha, base, self.relax_grad)
+            return _MaskSTE.apply(w, self.scores, self.mask, alpha, base, self.relax_grad, self.ig)
         if alpha is None:
             return w * self.mask
         return torch.mul(self.signs(w)[0], self.mask).mul_(alpha)

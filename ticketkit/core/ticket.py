@@ -13,26 +13,16 @@ detected from the weights themselves, so the encoding is always lossless: a bina
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from ticketkit.core.data import InputSpec
-from ticketkit.core.runs import atomic_write
+from ticketkit.core.artifacts import Bundle
 from ticketkit.core.sparsity import sparsifier_of
 from ticketkit.errors import UsageError
-
-FORMAT = "ticketkit.ticket/1"
-JSON_KEYS = ("arch_kwargs", "input", "method_options", "init", "metrics", "layers", "config")
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -43,15 +33,6 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
 def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     bits = np.unpackbits(packed.cpu().numpy(), count=n, bitorder="little")
     return torch.from_numpy(bits.astype(bool))
-
-
-def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _sign_scale(kept: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
@@ -72,12 +53,10 @@ def _sign_scale(kept: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
     return per_channel
 
 
-@dataclass
-class Ticket:
+class Ticket(Bundle):
     """A loaded or freshly made ticket: parsed metadata plus raw tensors."""
 
-    meta: dict[str, Any]
-    tensors: dict[str, torch.Tensor]
+    FORMAT = "ticketkit.ticket/1"
 
     # -- making ------------------------------------------------------------------------------
     @classmethod
@@ -118,59 +97,6 @@ class Ticket:
         meta = {**meta, "layers": layers, "weights": kinds.pop() if len(kinds) == 1 else "mixed"}
         return cls(meta, tensors)
 
-    def save(self, path: Path) -> Path:
-        """Write atomically, with the format tag, versions, time and payload checksum."""
-        import ticketkit
-
-        meta = {
-            **self.meta,
-            "format": FORMAT,
-            "ticketkit_version": ticketkit.__version__,
-            "torch_version": torch.__version__.split("+")[0],
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "payload_sha256": payload_sha256(self.tensors),
-        }
-        text = {
-            k: (json.dumps(v, sort_keys=k != "layers") if k in JSON_KEYS else str(v))
-            for k, v in meta.items()
-        }
-        self.meta = meta
-        return atomic_write(
-            Path(path), lambda tmp: save_file(self.tensors, str(tmp), metadata=text)
-        )
-
-    # -- reading -----------------------------------------------------------------------------
-    @classmethod
-    def read(cls, path: str | Path) -> Ticket:
-        """Open and verify a ticket file; every problem is a one-line UsageError."""
-        path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"{path}: no such file")
-        try:
-            with safe_open(str(path), "pt") as f:
-                raw = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UsageError(
-                f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}"
-            ) from None
-        if raw.get("format") != FORMAT:
-            found = raw.get("format", "no format tag")
-            raise UsageError(f"{path} is not a ticketkit ticket ({found}; expected {FORMAT})")
-        try:
-            meta = {k: (json.loads(v) if k in JSON_KEYS else v) for k, v in raw.items()}
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}: corrupt ticket metadata ({exc})") from None
-        if payload_sha256(tensors) != meta.get("payload_sha256"):
-            raise UsageError(
-                f"{path}: payload checksum mismatch (the file was modified or damaged)"
-            )
-        return cls(meta, tensors)
-
-    @property
-    def input(self) -> InputSpec:
-        return InputSpec(**self.meta["input"])
-
     def masks(self) -> dict[str, torch.Tensor]:
         """Layer path -> bool mask of the weight's shape."""
         out = {}
@@ -206,34 +132,9 @@ class Ticket:
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
         """Rebuild the architecture from the registry and load the ticket into it."""
-        from ticketkit.core.model import build_model
-
-        model = build_model(self.meta["arch"], self.input, **self.meta["arch_kwargs"])
         state = {name[6:]: t for name, t in self.tensors.items() if name.startswith("state.")}
-        for path, w in self.weights().items():
-            state[f"{path}.weight"] = w
-        expected = model.state_dict()
-        problems = [
-            n for n in state if n in expected and tuple(state[n].shape) != tuple(expected[n].shape)
-        ]
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
-        if problems or missing or extra:
-            what = []
-            if problems:
-                what.append(
-                    f"shape of {problems[0]} is {tuple(state[problems[0]].shape)}, "
-                    f"arch has {tuple(expected[problems[0]].shape)}"
-                )
-            if missing:
-                what.append(f"arch has {missing[0]} but the ticket does not")
-            if extra:
-                what.append(f"ticket has {extra[0]} but the arch does not")
-            raise UsageError(
-                f"ticket does not match its declared arch '{self.meta['arch']}': {'; '.join(what)}"
-            )
-        model.load_state_dict(state)
-        return model.to(device).eval()
+        state.update({f"{path}.weight": w for path, w in self.weights().items()})
+        return self._load_into(state, device)
 
 
 def save_ticket(model: nn.Module, path: str | Path, **meta: Any) -> Path:

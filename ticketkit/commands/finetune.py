@@ -1,0 +1,65 @@
+"""`ticketkit finetune`: train a ticket's kept weights with its mask fixed."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ticketkit.commands import _common as c
+
+
+def finetune(
+    ticket: c.Input = None,
+    k: Annotated[
+        float | None, typer.Option("--k", help="must equal the ticket's k (a guard)")
+    ] = None,
+    dataset: c.Dataset = None,
+    data: c.Data = None,
+    subset: c.Subset = None,
+    epochs: c.Epochs = None,
+    batch_size: c.BatchSize = None,
+    optimizer: c.Optimizer = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="learning rate [default: 0.01]")] = None,
+    momentum: c.Momentum = None,
+    weight_decay: c.WeightDecay = None,
+    schedule: c.Schedule = None,
+    seed: c.Seed = None,
+    device: c.Device = None,
+    eval_every: c.EvalEvery = None,
+    name: c.Name = None,
+    out: c.Out = None,
+    config: c.ConfigFile = None,
+    preset: c.Preset = None,
+    force: c.Force = False,
+    json_out: c.Json = False,
+) -> None:
+    """Fine-tune the kept weights of a ticket (mask fixed); print the new ticket's path."""
+    from ticketkit.core import config as configs
+    from ticketkit.core import jobs
+
+    cli = dict(
+        k=k,
+        dataset=dataset,
+        data=data,
+        subset=subset,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        seed=seed,
+        device=device,
+        eval_every=eval_every,
+        name=name,
+        out=out,
+    )
+    cfg = configs.resolve(configs.FinetuneConfig, cli, config, preset)
+    if cfg.k is not None:
+        configs.check_k(cfg.k)
+    source = c.read_input(ticket, "ticket")
+    result = jobs.finetune(cfg, source, c.Progress(), force=force)
+    c.show_layers(result)
+    c.emit(result.record(), json_out)

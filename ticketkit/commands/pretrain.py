@@ -1,0 +1,73 @@
+"""`ticketkit pretrain`: train a dense network; print the checkpoint's path."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ticketkit.commands import _common as c
+from ticketkit.specs import parse_assignments
+
+
+def pretrain(
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="architecture (see `ticketkit plugins`)")
+    ] = None,
+    dataset: c.Dataset = None,
+    data: c.Data = None,
+    subset: c.Subset = None,
+    width: Annotated[
+        float | None, typer.Option("--width", help="width multiplier of the arch")
+    ] = None,
+    arch_option: c.ArchOptions = None,
+    init: Annotated[
+        str | None, typer.Option("--init", help="weight init (default: the arch's own)")
+    ] = None,
+    epochs: c.Epochs = None,
+    batch_size: c.BatchSize = None,
+    optimizer: c.Optimizer = None,
+    lr: c.Lr = None,
+    momentum: c.Momentum = None,
+    weight_decay: c.WeightDecay = None,
+    schedule: c.Schedule = None,
+    seed: c.Seed = None,
+    device: c.Device = None,
+    eval_every: c.EvalEvery = None,
+    name: c.Name = None,
+    out: c.Out = None,
+    config: c.ConfigFile = None,
+    preset: c.Preset = None,
+    force: c.Force = False,
+    json_out: c.Json = False,
+) -> None:
+    """Train a dense network of any registered arch; print the checkpoint's path."""
+    from ticketkit.core import config as configs
+    from ticketkit.core import jobs
+
+    arch_options = parse_assignments(arch_option, "--arch-option")
+    if width is not None:
+        arch_options["width"] = width
+    cli = dict(
+        arch=arch,
+        dataset=dataset,
+        data=data,
+        subset=subset,
+        init=init,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        seed=seed,
+        device=device,
+        eval_every=eval_every,
+        name=name,
+        out=out,
+        arch_options=arch_options or None,
+    )
+    cfg = configs.resolve(configs.PretrainConfig, cli, config, preset)
+    result = jobs.pretrain(cfg, c.Progress(), force=force)
+    c.emit(result.record(), json_out)
