@@ -76,3 +76,27 @@ def fashion():
     if not (FASHION / "train-images-idx3-ubyte.gz").exists():
         pytest.fail("Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
     return FASHION
+
+
+@pytest.fixture(scope="session")
+def pretrained_resnet20(tmp_path_factory, fashion):
+    """A resnet20 trained briefly on real Fashion-MNIST images (a dense checkpoint path)."""
+    from ticketkit.core import jobs
+    from ticketkit.core.config import PretrainConfig, resolve
+
+    out = tmp_path_factory.mktemp("pretrained")
+    cfg = resolve(PretrainConfig, {"arch": "resnet20", "dataset": "fashion-mnist", "subset": 1000,
+                                   "epochs": 1, "eval_every": 0, "out": str(out)})
+    return jobs.pretrain(cfg).path
+
+
+@pytest.fixture(scope="session")
+def pretrained_digits_mlp(tmp_path_factory):
+    """A small MLP trained on the scikit-learn digits (fast dense checkpoint for method tests)."""
+    from ticketkit.core import jobs
+    from ticketkit.core.config import PretrainConfig, resolve
+
+    out = tmp_path_factory.mktemp("pretrained-mlp")
+    cfg = resolve(PretrainConfig, {"arch": "mlp", "dataset": "digits", "epochs": 3,
+                                   "eval_every": 0, "out": str(out)})
+    return jobs.pretrain(cfg).path

@@ -133,6 +133,7 @@ class ScoreMethod(Method):
             alpha=self.alpha(),
             dense_first=s.dense_first,
             dense_last=s.dense_last,
+            exclude=structured_exclusions(s.granularity),
         )
         init_scores(
             self.sparsifier.layers, self.score_init, torch.Generator().manual_seed(s.seed + 1)
@@ -147,6 +148,16 @@ class ScoreMethod(Method):
 
     def finish(self, model: nn.Module) -> None:
         self.sparsifier.freeze()
+
+
+def structured_exclusions(granularity: str) -> Callable[[str, nn.Module], bool] | None:
+    """Filter/channel masks prune conv layers only, as BiP: linear layers stay dense (a
+    "filter" of the classifier is a class, a "channel" of an MLP an input pixel)."""
+    if granularity == "unstructured":
+        return None
+    from torch import nn
+
+    return lambda path, module: isinstance(module, nn.Linear)
 
 
 def norm_parameters(model: nn.Module) -> list:

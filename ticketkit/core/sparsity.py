@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 
 from ticketkit.core.binarize import scale_of
 from ticketkit.core.select import Selector, kept_count
+from ticketkit.errors import UsageError
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 GRANULARITIES = ("unstructured", "filter", "channel")
@@ -301,7 +302,8 @@ class Sparsifier:
             parametrize.register_parametrization(module, "weight", p, unsafe=True)
             layers.append(Layer(path, module))
         if not layers:
-            raise ValueError("the model has no prunable Conv/Linear layer left by the policy")
+            raise UsageError("the model has no prunable layer left by the policy (structured "
+                             "granularities prune conv layers only; --dense-first/--dense-last)")
         return cls(model, layers, rule)
 
     def set_rule(self, rule: MaskRule) -> None:
