@@ -49,8 +49,10 @@ def main() -> None:
     spec = InputSpec(1, 28, 28, 10)
     torch.manual_seed(0)
     batches = [
-        (torch.randn(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last),
-         torch.randint(0, 10, (args.batch,)))
+        (
+            torch.randn(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last),
+            torch.randint(0, 10, (args.batch,)),
+        )
         for _ in range(2)
     ]
     dense_model = build_model(args.arch, spec)
@@ -65,10 +67,14 @@ def main() -> None:
         times["dense"].append(dense(args.steps))
         times["bip"].append(iteration(args.steps))
     d, b = statistics.median(times["dense"]), statistics.median(times["bip"])
-    print(f"{args.arch}, batch {args.batch}, {torch.get_num_threads()} threads, k={args.k}, "
-          f"median of {args.rounds} interleaved rounds")
-    print(f"dense step {d * 1e3:.1f} ms | BiP iteration (weight step + score step) {b * 1e3:.1f} ms"
-          f" | ratio {b / d:.3f}")
+    print(
+        f"{args.arch}, batch {args.batch}, {torch.get_num_threads()} threads, k={args.k}, "
+        f"median of {args.rounds} interleaved rounds"
+    )
+    print(
+        f"dense step {d * 1e3:.1f} ms | BiP iteration (weight step + score step) {b * 1e3:.1f} ms"
+        f" | ratio {b / d:.3f}"
+    )
 
 
 if __name__ == "__main__":

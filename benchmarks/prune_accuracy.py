@@ -32,11 +32,21 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    common = {"dataset": args.dataset, "subset": args.subset, "out": args.out, "seed": args.seed,
-              "eval_every": 0}
+    common = {
+        "dataset": args.dataset,
+        "subset": args.subset,
+        "out": args.out,
+        "seed": args.seed,
+        "eval_every": 0,
+    }
     began = time.time()
-    dense = jobs.pretrain(resolve(PretrainConfig, {**common, "arch": args.arch, "epochs": args.pretrain_epochs}))
-    print(f"dense {args.arch} on {args.dataset}: {dense.metrics['test_acc1']:.2f}% ({dense.path})", flush=True)
+    dense = jobs.pretrain(
+        resolve(PretrainConfig, {**common, "arch": args.arch, "epochs": args.pretrain_epochs})
+    )
+    print(
+        f"dense {args.arch} on {args.dataset}: {dense.metrics['test_acc1']:.2f}% ({dense.path})",
+        flush=True,
+    )
     options: dict[str, dict[str, str]] = {}
     for item in args.option:
         method, _, assignment = item.partition(":")
@@ -46,13 +56,29 @@ def main() -> None:
     for method in args.methods.split(","):
         for k in (float(k) for k in args.ks.split(",")):
             pruned = jobs.prune(
-                resolve(PruneConfig, {**common, "method": method, "k": k, "epochs": args.prune_epochs,
-                                      "options": options.get(method, {})}),
-                source=dense.path,
+                resolve(
+                    PruneConfig,
+                    {
+                        **common,
+                        "method": method,
+                        "k": k,
+                        "epochs": args.prune_epochs,
+                        "options": options.get(method, {}),
+                        "input": str(dense.path),
+                    },
+                )
             )
-            tuned = jobs.finetune(resolve(FinetuneConfig, {**common, "epochs": args.finetune_epochs}), pruned.path)
+            tuned = jobs.finetune(
+                resolve(
+                    FinetuneConfig,
+                    {**common, "epochs": args.finetune_epochs, "input": str(pruned.path)},
+                )
+            )
             rows.append((method, k, pruned.metrics["test_acc1"], tuned.metrics["test_acc1"]))
-            print(f"{method:9} k={k:<5} pruned {rows[-1][2]:6.2f}%  finetuned {rows[-1][3]:6.2f}%", flush=True)
+            print(
+                f"{method:9} k={k:<5} pruned {rows[-1][2]:6.2f}%  finetuned {rows[-1][3]:6.2f}%",
+                flush=True,
+            )
     print(f"\n| method | k | after prune | after finetune ({args.finetune_epochs} ep) | dense |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for method, k, a, b in rows:

@@ -85,8 +85,17 @@ def pretrained_resnet20(tmp_path_factory, fashion):
     from ticketkit.core.config import PretrainConfig, resolve
 
     out = tmp_path_factory.mktemp("pretrained")
-    cfg = resolve(PretrainConfig, {"arch": "resnet20", "dataset": "fashion-mnist", "subset": 1000,
-                                   "epochs": 1, "eval_every": 0, "out": str(out)})
+    cfg = resolve(
+        PretrainConfig,
+        {
+            "arch": "resnet20",
+            "dataset": "fashion-mnist",
+            "subset": 1000,
+            "epochs": 1,
+            "eval_every": 0,
+            "out": str(out),
+        },
+    )
     return jobs.pretrain(cfg).path
 
 
@@ -97,6 +106,8 @@ def pretrained_digits_mlp(tmp_path_factory):
     from ticketkit.core.config import PretrainConfig, resolve
 
     out = tmp_path_factory.mktemp("pretrained-mlp")
-    cfg = resolve(PretrainConfig, {"arch": "mlp", "dataset": "digits", "epochs": 3,
-                                   "eval_every": 0, "out": str(out)})
+    cfg = resolve(
+        PretrainConfig,
+        {"arch": "mlp", "dataset": "digits", "epochs": 3, "eval_every": 0, "out": str(out)},
+    )
     return jobs.pretrain(cfg).path

@@ -125,7 +125,9 @@ def test_bad_files_for_eval(cli, tmp_path):
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
-    assert_usage_error(cli("eval", tmp_path / "plain.safetensors"), "not a ticketkit ticket or checkpoint")
+    assert_usage_error(
+        cli("eval", tmp_path / "plain.safetensors"), "not a ticketkit ticket or checkpoint"
+    )
 
 
 def test_ticket_whose_shapes_do_not_match_its_arch(cli, tmp_path):

@@ -13,8 +13,14 @@ BIN = Path(sys.executable).parent
 
 def sh(command: str, tmp_path) -> subprocess.CompletedProcess:
     env_path = f"{BIN}:{__import__('os').environ.get('PATH', '')}"
-    return subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True,
-                          cwd=tmp_path, env={**__import__("os").environ, "PATH": env_path}, timeout=900)
+    return subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PATH": env_path},
+        timeout=900,
+    )
 
 
 @pytest.mark.slow
@@ -37,8 +43,11 @@ def test_four_command_shell_pipeline_ends_with_a_json_record(tmp_path, fashion):
 
 
 def test_upstream_failure_is_a_clear_error_not_a_hang(tmp_path):
-    r = sh(f"ticketkit pretrain --arch nope --dataset digits --out {tmp_path} "
-           f"| ticketkit prune --method hydra --k 0.1 --out {tmp_path}", tmp_path)
+    r = sh(
+        f"ticketkit pretrain --arch nope --dataset digits --out {tmp_path} "
+        f"| ticketkit prune --method hydra --k 0.1 --out {tmp_path}",
+        tmp_path,
+    )
     assert r.returncode == 2
     assert "unknown arch 'nope'" in r.stderr
     assert "no dense checkpoint on stdin: the upstream command printed nothing" in r.stderr
@@ -46,7 +55,17 @@ def test_upstream_failure_is_a_clear_error_not_a_hang(tmp_path):
 
 
 def test_inputs_as_path_dash_and_json_record(cli, pretrained_digits_mlp, tmp_path):
-    by_path = cli("prune", pretrained_digits_mlp, "--method", "magnitude", "--k", "0.3", "--out", tmp_path, "--json")
+    by_path = cli(
+        "prune",
+        pretrained_digits_mlp,
+        "--method",
+        "magnitude",
+        "--k",
+        "0.3",
+        "--out",
+        tmp_path,
+        "--json",
+    )
     assert by_path.code == 0, by_path.err
     record = json.loads(by_path.out)
     assert record["parent"] == str(pretrained_digits_mlp) and record["method"] == "magnitude"

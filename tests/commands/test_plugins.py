@@ -35,7 +35,8 @@ def test_help_and_plugins_do_not_import_torch():
         "import sys\n"
         "from ticketkit.cli import main\n"
         "for argv in (['--help'], ['plugins'], ['plugins', 'show', 'biprop'],\n"
-        "             ['prune', '--help'], ['eval', '--help']):\n"
+        "             ['prune', '--help'], ['eval', '--help'], ['pretrain', '--help'],\n"
+        "             ['finetune', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit as e:\n"
@@ -53,6 +54,6 @@ def test_python_dash_m_and_help_lists_only_implemented_commands():
         [sys.executable, "-m", "ticketkit", "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0
-    for command in ("prune", "eval", "plugins"):
+    for command in ("pretrain", "prune", "finetune", "eval", "plugins"):
         assert command in proc.stdout
     assert run_subprocess("--help").code == 0

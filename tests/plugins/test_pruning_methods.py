@@ -12,8 +12,8 @@ from ticketkit.core.ticket import Ticket
 
 
 def prune(source, tmp_path, **kw):
-    cfg = resolve(PruneConfig, {"epochs": 1, "subset": 500, "eval_every": 0, "out": str(tmp_path), **kw})
-    return Ticket.read(jobs.prune(cfg, source=source).path)
+    base = {"epochs": 1, "subset": 500, "eval_every": 0, "out": str(tmp_path), "input": str(source)}
+    return Ticket.read(jobs.prune(resolve(PruneConfig, {**base, **kw})).path)
 
 
 @pytest.mark.slow
@@ -101,7 +101,10 @@ def test_bip_alternates_weight_and_score_steps(pretrained_digits_mlp):
     method = BiP(BiPOptions(), Setup(k=0.3, scope="global"))
     method.prepare(model)
     opts = method.optimizers(model, make_optimizer_factory(PruneConfig(lr=0.1)))
-    assert opts["weights"].param_groups[0]["lr"] == 0.01 and opts["scores"].param_groups[0]["lr"] == 0.1
+    assert (
+        opts["weights"].param_groups[0]["lr"] == 0.01
+        and opts["scores"].param_groups[0]["lr"] == 0.1
+    )
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
     layer = method.sparsifier.layers[0]
     w0, s0 = layer.weight.detach().clone(), layer.scores.detach().clone()

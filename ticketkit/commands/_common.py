@@ -111,6 +111,10 @@ ConfigFile = Annotated[
 Preset = Annotated[
     str | None, typer.Option("--preset", help="a shipped recipe, e.g. biprop-mpt-1-32")
 ]
+Resume = Annotated[
+    Path | None,
+    typer.Option("--resume", help="continue the run in this directory with its saved config"),
+]
 Json = Annotated[bool, typer.Option("--json", help="print one JSON record instead of the path")]
 EvalEvery = Annotated[
     int | None,
@@ -139,6 +143,15 @@ Options = Annotated[
 ]
 
 
+def resumed(resume: Path, device: str | None) -> tuple[dict[str, Any], str]:
+    """CLI values and config file that continue the run in `resume` (only --device may change)."""
+    if not (resume / "config.yaml").is_file():
+        raise UsageError(f"--resume {resume}: not a run directory (no config.yaml)")
+    return {"name": resume.name, "out": str(resume.parent), "device": device}, str(
+        resume / "config.yaml"
+    )
+
+
 def emit(record: dict[str, Any], as_json: bool) -> None:
     """The one thing a command writes to stdout."""
     if as_json:
@@ -148,10 +161,13 @@ def emit(record: dict[str, Any], as_json: bool) -> None:
     sys.stdout.flush()
 
 
-def read_input(arg: str | None, what: str) -> str:
-    """An input artifact: a path, `-`, or a path line / JSON record piped on stdin."""
+def read_input(arg: str | None, what: str, configured: str | None = None) -> str:
+    """An input artifact: the argument (a path, or `-` for stdin), else the config's `input`,
+    else a path line or JSON record piped on stdin."""
     if arg and arg != "-":
         return arg
+    if arg is None and configured:
+        return configured
     if arg is None and sys.stdin.isatty():
         raise UsageError(f"no {what} given: pass its path or pipe one in")
     text = sys.stdin.read().strip()

@@ -31,6 +31,7 @@ def finetune(
     out: c.Out = None,
     config: c.ConfigFile = None,
     preset: c.Preset = None,
+    resume: c.Resume = None,
     force: c.Force = False,
     json_out: c.Json = False,
 ) -> None:
@@ -56,10 +57,12 @@ def finetune(
         name=name,
         out=out,
     )
+    if resume is not None:
+        (cli, config), preset = c.resumed(resume, device), None
     cfg = configs.resolve(configs.FinetuneConfig, cli, config, preset)
     if cfg.k is not None:
         configs.check_k(cfg.k)
-    source = c.read_input(ticket, "ticket")
-    result = jobs.finetune(cfg, source, c.Progress(), force=force)
+    cfg.input = c.read_input(ticket, "ticket", cfg.input)
+    result = jobs.finetune(cfg, c.Progress(), force=force)
     c.show_layers(result)
     c.emit(result.record(), json_out)

@@ -38,6 +38,7 @@ def pretrain(
     out: c.Out = None,
     config: c.ConfigFile = None,
     preset: c.Preset = None,
+    resume: c.Resume = None,
     force: c.Force = False,
     json_out: c.Json = False,
 ) -> None:
@@ -68,6 +69,8 @@ def pretrain(
         out=out,
         arch_options=arch_options or None,
     )
+    if resume is not None:
+        (cli, config), preset = c.resumed(resume, device), None
     cfg = configs.resolve(configs.PretrainConfig, cli, config, preset)
     result = jobs.pretrain(cfg, c.Progress(), force=force)
     c.emit(result.record(), json_out)

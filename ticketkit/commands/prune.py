@@ -6,7 +6,6 @@ a trained network (magnitude, hydra, bip) take a dense checkpoint as argument or
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -83,10 +82,7 @@ def prune(
     out: c.Out = None,
     config: c.ConfigFile = None,
     preset: c.Preset = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option("--resume", help="continue the run in this directory with its saved config"),
-    ] = None,
+    resume: c.Resume = None,
     force: c.Force = False,
     json_out: c.Json = False,
 ) -> None:
@@ -133,14 +129,12 @@ def prune(
         arch_options=arch_options or None,
     )
     if resume is not None:
-        config, preset = str(resume / "config.yaml"), None
-        cli = {"name": resume.name, "out": str(resume.parent), "device": device}
+        (cli, config), preset = c.resumed(resume, device), None
     cfg = configs.resolve(configs.PruneConfig, cli, config, preset)
-    source = None
     if registry.get_method(cfg.method).load().source == "checkpoint":  # type: ignore[arg-type]
-        source = c.read_input(checkpoint, "dense checkpoint")
+        cfg.input = c.read_input(checkpoint, "dense checkpoint", cfg.input)
     elif checkpoint is not None:
-        source = checkpoint  # the job explains why this method takes no input
-    result = jobs.prune(cfg, c.Progress(), force=force, source=source)
+        cfg.input = checkpoint  # the job explains why this method takes no input
+    result = jobs.prune(cfg, c.Progress(), force=force)
     c.show_layers(result)
     c.emit(result.record(), json_out)

@@ -156,5 +156,7 @@ def read_artifact(path: str | Path) -> Bundle:
     raw, _ = _open(Path(path))
     found = raw.get("format")
     if found not in KINDS:
-        raise UsageError(f"{path} is not a ticketkit ticket or checkpoint ({found or 'no format tag'})")
+        raise UsageError(
+            f"{path} is not a ticketkit ticket or checkpoint ({found or 'no format tag'})"
+        )
     return (Ticket if found == Ticket.FORMAT else Checkpoint).read(path)

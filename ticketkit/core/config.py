@@ -83,6 +83,7 @@ class PretrainConfig(TrainConfig):
 class FinetuneConfig(TrainConfig):
     """`ticketkit finetune`: train a ticket's kept weights with its mask fixed (HYDRA: lr 0.01)."""
 
+    input: str | None = None  # the ticket to fine-tune
     k: float | None = None  # if given, must equal the ticket's
     lr: float = 0.01
 
@@ -92,6 +93,7 @@ class PruneConfig(TrainConfig):
     """`ticketkit prune`: find a ticket with a score- or magnitude-based method."""
 
     method: str | None = None
+    input: str | None = None  # the dense checkpoint, for methods that prune a trained network
     arch: str | None = None
     arch_options: dict = field(default_factory=dict)
     k: float | None = None

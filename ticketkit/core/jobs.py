@@ -203,13 +203,11 @@ def make_method(cfg: configs.PruneConfig, phase: str) -> Method:
 
 
 def prune(
-    cfg: configs.PruneConfig,
-    reporter: Reporter | None = None,
-    force: bool = False,
-    source: str | Path | None = None,
+    cfg: configs.PruneConfig, reporter: Reporter | None = None, force: bool = False
 ) -> Result:
-    """Find a ticket: in a random network (source None) or in a dense checkpoint."""
+    """Find a ticket: in a random network, or in the dense checkpoint `cfg.input`."""
     reporter = reporter or Silent()
+    source = cfg.input
     method = make_method(cfg, "prune")
     parent: Checkpoint | None = None
     if method.source == "checkpoint":
@@ -322,13 +320,13 @@ def _write_ticket(
 
 
 def finetune(
-    cfg: configs.FinetuneConfig,
-    source: str | Path,
-    reporter: Reporter | None = None,
-    force: bool = False,
+    cfg: configs.FinetuneConfig, reporter: Reporter | None = None, force: bool = False
 ) -> Result:
-    """Train the kept weights of a ticket with its mask fixed; writes a ticket with values."""
+    """Train the kept weights of ticket `cfg.input` with its mask fixed (a values ticket)."""
     reporter = reporter or Silent()
+    if cfg.input is None:
+        raise UsageError("no ticket given to fine-tune")
+    source = cfg.input
     parent = Ticket.read(source)
     k = float(parent.meta["k"])
     if cfg.k is not None and abs(cfg.k - k) > 1e-12:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from ticketkit.errors import UsageError
@@ -84,8 +85,15 @@ class Run:
         return self.root / filename
 
     def matches(self, config_yaml: str) -> bool:
-        """Whether this directory holds a run of exactly this config."""
-        return self.config_path.exists() and self.config_path.read_text() == config_yaml
+        """Whether this directory holds a run of this config (where it is written aside)."""
+        if not self.config_path.exists():
+            return False
+
+        def essential(text: str) -> dict:
+            data = yaml.safe_load(text) or {}
+            return {k: v for k, v in data.items() if k not in ("out", "name")}
+
+        return essential(self.config_path.read_text()) == essential(config_yaml)
 
     def claim(self, config_yaml: str, force: bool) -> None:
         """Take the directory for this config; refuse to mix two different runs in one place."""

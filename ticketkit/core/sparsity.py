@@ -302,8 +302,10 @@ class Sparsifier:
             parametrize.register_parametrization(module, "weight", p, unsafe=True)
             layers.append(Layer(path, module))
         if not layers:
-            raise UsageError("the model has no prunable layer left by the policy (structured "
-                             "granularities prune conv layers only; --dense-first/--dense-last)")
+            raise UsageError(
+                "the model has no prunable layer left by the policy (structured "
+                "granularities prune conv layers only; --dense-first/--dense-last)"
+            )
         return cls(model, layers, rule)
 
     def set_rule(self, rule: MaskRule) -> None:
