@@ -1,0 +1,40 @@
+"""CUDA paths: selection, training and ticket loading on a GPU (skipped without CUDA)."""
+
+import math
+
+import pytest
+import torch
+
+from ticketkit.core.select import Selector, kept_count
+
+pytestmark = pytest.mark.gpu
+
+
+def test_cuda_selection_is_exact_with_ties():
+    a = torch.tensor([0.5, 1.0, 0.5, 2.0] * 50_000, device="cuda")
+    for keep in (1, 3, 50_001, kept_count(a.numel(), 0.3)):
+        mask = Selector().mask(a, keep)
+        assert int(mask.sum()) == keep
+        order = torch.sort(-a.cpu(), stable=True).indices[:keep]
+        expected = torch.zeros(a.numel(), dtype=torch.bool)
+        expected[order] = True
+        assert torch.equal(mask.cpu(), expected)
+
+
+def test_prune_on_cuda_and_load_the_ticket_on_both_devices(tmp_path):
+    from ticketkit.core import jobs
+    from ticketkit.core.config import PruneConfig, resolve
+    from ticketkit.core.ticket import Ticket
+
+    cfg = resolve(PruneConfig, {"method": "biprop", "arch": "mlp", "k": 0.3, "dataset": "digits",
+                                "epochs": 2, "device": "cuda", "out": str(tmp_path)})
+    result = jobs.prune(cfg)
+    ticket = Ticket.read(result.path)
+    for info in ticket.meta["layers"].values():
+        n = math.prod(info["shape"])
+        assert info["kept"] == n - math.floor((1 - 0.3) * n)
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        on_cpu = ticket.build("cpu")(x)
+        on_gpu = ticket.build("cuda")(x.cuda()).cpu()
+    assert torch.allclose(on_cpu, on_gpu, atol=1e-4)
