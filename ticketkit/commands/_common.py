@@ -143,6 +143,14 @@ Options = Annotated[
 ]
 
 
+def config_values(arguments: dict[str, Any], config_class: type) -> dict[str, Any]:
+    """The command's arguments that are keys of its config dataclass (pass `locals()`)."""
+    import dataclasses
+
+    keys = {f.name for f in dataclasses.fields(config_class)}
+    return {key: value for key, value in arguments.items() if key in keys}
+
+
 def resumed(resume: Path, device: str | None) -> tuple[dict[str, Any], str]:
     """CLI values and config file that continue the run in `resume` (only --device may change)."""
     if not (resume / "config.yaml").is_file():

@@ -39,24 +39,7 @@ def finetune(
     from ticketkit.core import config as configs
     from ticketkit.core import jobs
 
-    cli = dict(
-        k=k,
-        dataset=dataset,
-        data=data,
-        subset=subset,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        seed=seed,
-        device=device,
-        eval_every=eval_every,
-        name=name,
-        out=out,
-    )
+    cli = c.config_values(locals(), configs.FinetuneConfig)
     if resume is not None:
         (cli, config), preset = c.resumed(resume, device), None
     cfg = configs.resolve(configs.FinetuneConfig, cli, config, preset)

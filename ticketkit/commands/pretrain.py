@@ -49,26 +49,8 @@ def pretrain(
     arch_options = parse_assignments(arch_option, "--arch-option")
     if width is not None:
         arch_options["width"] = width
-    cli = dict(
-        arch=arch,
-        dataset=dataset,
-        data=data,
-        subset=subset,
-        init=init,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        seed=seed,
-        device=device,
-        eval_every=eval_every,
-        name=name,
-        out=out,
-        arch_options=arch_options or None,
-    )
+    cli = c.config_values(locals(), configs.PretrainConfig)
+    cli["arch_options"] = arch_options or None
     if resume is not None:
         (cli, config), preset = c.resumed(resume, device), None
     cfg = configs.resolve(configs.PretrainConfig, cli, config, preset)

@@ -99,35 +99,9 @@ def prune(
             if value is not None
         }
     )
-    cli = dict(
-        method=method,
-        arch=arch,
-        k=k,
-        dataset=dataset,
-        data=data,
-        subset=subset,
-        scope=scope,
-        granularity=granularity,
-        init=init,
-        init_scale=init_scale,
-        learn_bn=learn_bn,
-        dense_first=dense_first,
-        dense_last=dense_last,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        seed=seed,
-        device=device,
-        eval_every=eval_every,
-        name=name,
-        out=out,
-        options=parse_assignments(option, "--option") or None,
-        arch_options=arch_options or None,
-    )
+    cli = c.config_values(locals(), configs.PruneConfig)
+    cli["options"] = parse_assignments(option, "--option") or None
+    cli["arch_options"] = arch_options or None
     if resume is not None:
         (cli, config), preset = c.resumed(resume, device), None
     cfg = configs.resolve(configs.PruneConfig, cli, config, preset)
