@@ -26,8 +26,18 @@ def test_prune_on_cuda_and_load_the_ticket_on_both_devices(tmp_path):
     from ticketkit.core.config import PruneConfig, resolve
     from ticketkit.core.ticket import Ticket
 
-    cfg = resolve(PruneConfig, {"method": "biprop", "arch": "mlp", "k": 0.3, "dataset": "digits",
-                                "epochs": 2, "device": "cuda", "out": str(tmp_path)})
+    cfg = resolve(
+        PruneConfig,
+        {
+            "method": "biprop",
+            "arch": "mlp",
+            "k": 0.3,
+            "dataset": "digits",
+            "epochs": 2,
+            "device": "cuda",
+            "out": str(tmp_path),
+        },
+    )
     result = jobs.prune(cfg)
     ticket = Ticket.read(result.path)
     for info in ticket.meta["layers"].values():

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ticketkit.core.data import Split
-    from ticketkit.core.sparsity import MaskRule, Sparsifier
+    from ticketkit.core.rules import MaskRule
+    from ticketkit.core.sparsity import Sparsifier
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class ScoreMethod(Method):
     sparsifier: Sparsifier
 
     def rule(self) -> MaskRule:
-        from ticketkit.core.sparsity import TopK
+        from ticketkit.core.rules import TopK
 
         s = self.setup
         return TopK(s.k, s.scope, s.granularity)
@@ -122,7 +123,8 @@ class ScoreMethod(Method):
     def prepare(self, model: nn.Module) -> None:
         import torch
 
-        from ticketkit.core.sparsity import Sparsifier, init_scores
+        from ticketkit.core.rules import init_scores
+        from ticketkit.core.sparsity import Sparsifier
 
         s = self.setup
         self.sparsifier = Sparsifier.attach(

@@ -118,7 +118,9 @@ def test_pretrain_prints_a_checkpoint_that_eval_reproduces(cli, tmp_path):
 
 
 def test_resume_a_run_directory_with_its_saved_input(cli, pretrained_digits_mlp, tmp_path):
-    pruned = cli("prune", pretrained_digits_mlp, "--method", "magnitude", "--k", "0.4", "--out", tmp_path).out.strip()
+    pruned = cli(
+        "prune", pretrained_digits_mlp, "--method", "magnitude", "--k", "0.4", "--out", tmp_path
+    ).out.strip()
     first = cli("finetune", pruned, "--epochs", "2", "--out", tmp_path)
     run_dir = first.out.strip().rsplit("/", 1)[0]
     again = cli("finetune", "--resume", run_dir)

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
+from ticketkit.core.rules import Fixed, TopK, init_scores
 from ticketkit.core.select import kept_count
-from ticketkit.core.sparsity import Fixed, Sparsifier, TopK, init_scores, prunable_layers
+from ticketkit.core.sparsity import Sparsifier, prunable_layers
 
 
 class MyConv(nn.Conv2d):

@@ -107,7 +107,7 @@ class PruneConfig(TrainConfig):
     dense_last: bool = False
 
     def validate(self) -> None:
-        from ticketkit.core.sparsity import GRANULARITIES, SCOPES
+        from ticketkit.core.rules import GRANULARITIES, SCOPES
 
         super().validate()
         for key, flag in (("method", "--method"), ("k", "--k")):

@@ -20,8 +20,9 @@ from ticketkit.core import config as configs
 from ticketkit.core.artifacts import Bundle, Checkpoint
 from ticketkit.core.data import Dataset, load_dataset
 from ticketkit.core.model import arch_options, build_model, init_weights
+from ticketkit.core.rules import Fixed
 from ticketkit.core.runs import Run
-from ticketkit.core.sparsity import Fixed, Sparsifier, prunable_layers
+from ticketkit.core.sparsity import Sparsifier, prunable_layers
 from ticketkit.core.ticket import Ticket
 from ticketkit.core.train import Reporter, Silent, evaluate, fit, resolve_device
 from ticketkit.errors import UsageError
@@ -207,52 +208,19 @@ def prune(
 ) -> Result:
     """Find a ticket: in a random network, or in the dense checkpoint `cfg.input`."""
     reporter = reporter or Silent()
-    source = cfg.input
     method = make_method(cfg, "prune")
-    parent: Checkpoint | None = None
-    if method.source == "checkpoint":
-        if source is None:
-            raise UsageError(
-                f"method '{cfg.method}' prunes a trained network: pass a dense checkpoint "
-                f"(from `ticketkit pretrain`) as input"
-            )
-        parent = Checkpoint.read(source)
-        if cfg.arch is not None and cfg.arch != parent.meta["arch"]:
-            raise UsageError(
-                f"--arch {cfg.arch} differs from the checkpoint's arch '{parent.meta['arch']}'"
-            )
-        cfg.arch, cfg.arch_options, cfg.init = parent.meta["arch"], parent.meta["arch_kwargs"], None
-    else:
-        if source is not None:
-            raise UsageError(
-                f"method '{cfg.method}' starts from a random network; it takes no input"
-            )
-        if cfg.arch is None:
-            raise UsageError("no arch given: pass --arch")
-        cfg.init = cfg.init or method.default_init
-        get_initializer(cfg.init)  # unknown names fail before any work
-        cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, method.arch_options())
+    parent = _prune_input(cfg, method)
     if not method.trains:
         cfg.epochs = 0
     ds = _dataset_for(cfg, parent)
     parent_id = parent.meta["payload_sha256"] if parent else None
-    run = Run.for_config(
-        "prune", configs.as_dict(cfg), f"{cfg.arch}-{cfg.method}-k{cfg.k:g}", parent_id
-    )
+    label = f"{cfg.arch}-{cfg.method}-k{cfg.k:g}"
+    run = Run.for_config("prune", configs.as_dict(cfg), label, parent_id)
     done = _start(run, cfg, "ticket.safetensors", force, reporter)
     if done is not None:
         return _reused("ticket", done, Ticket)
-
     torch.manual_seed(cfg.seed)
-    if parent is not None:
-        model = parent.build("cpu").train()
-    else:
-        model = build_model(cfg.arch, ds.input, **cfg.arch_options)
-        layers = prunable_layers(model, dense_first=cfg.dense_first, dense_last=cfg.dense_last)
-        scale_k = cfg.k if cfg.init_scale == "scaled" else None
-        init_weights(
-            model, cfg.init, seed=cfg.seed, scale_k=scale_k, prunable={p for p, _ in layers}
-        )  # type: ignore[arg-type]
+    model = parent.build("cpu").train() if parent else _random_network(cfg, ds)
     if cfg.learn_bn and not norm_parameters(model):
         raise UsageError(
             f"--learn-bn: arch '{cfg.arch}' as configured has no affine normalisation layers"
@@ -261,27 +229,54 @@ def prune(
     if method.trains:
         fit(model, method, ds, cfg, run, reporter, phase="prune")
     method.finish(model)
-    return _write_ticket(
-        model,
-        ds,
-        cfg,
-        run,
-        reporter,
-        parent=str(source) if source else None,
-        meta={
-            "arch": cfg.arch,
-            "arch_kwargs": cfg.arch_options,
-            "method": cfg.method,
-            "method_options": cfg.options,
-            "k": cfg.k,
-            "scope": cfg.scope,
-            "granularity": cfg.granularity,
-            "command": "prune",
-            "init": {"scheme": cfg.init, "scale": cfg.init_scale, "seed": cfg.seed}
-            if parent is None
-            else {},
-        },
-    )
+    init = {"scheme": cfg.init, "scale": cfg.init_scale, "seed": cfg.seed} if not parent else {}
+    meta = {
+        "arch": cfg.arch,
+        "arch_kwargs": cfg.arch_options,
+        "method": cfg.method,
+        "method_options": cfg.options,
+        "k": cfg.k,
+        "scope": cfg.scope,
+        "granularity": cfg.granularity,
+        "command": "prune",
+        "init": init,
+    }
+    return _write_ticket(model, ds, cfg, run, reporter, parent=cfg.input, meta=meta)
+
+
+def _prune_input(cfg: configs.PruneConfig, method: Method) -> Checkpoint | None:
+    """Resolve what the method starts from, filling arch, arch options and init in `cfg`."""
+    if method.source == "checkpoint":
+        if cfg.input is None:
+            raise UsageError(
+                f"method '{cfg.method}' prunes a trained network: pass a dense checkpoint "
+                f"(from `ticketkit pretrain`) as input"
+            )
+        parent = Checkpoint.read(cfg.input)
+        if cfg.arch is not None and cfg.arch != parent.meta["arch"]:
+            raise UsageError(
+                f"--arch {cfg.arch} differs from the checkpoint's arch '{parent.meta['arch']}'"
+            )
+        cfg.arch, cfg.arch_options, cfg.init = parent.meta["arch"], parent.meta["arch_kwargs"], None
+        return parent
+    if cfg.input is not None:
+        raise UsageError(f"method '{cfg.method}' starts from a random network; it takes no input")
+    if cfg.arch is None:
+        raise UsageError("no arch given: pass --arch")
+    cfg.init = cfg.init or method.default_init
+    get_initializer(cfg.init)  # unknown names fail before any work
+    cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, method.arch_options())
+    return None
+
+
+def _random_network(cfg: configs.PruneConfig, ds: Dataset) -> torch.nn.Module:
+    """The arch with its weights drawn from the configured init (scaled by k if asked)."""
+    model = build_model(cfg.arch, ds.input, **cfg.arch_options)  # type: ignore[arg-type]
+    layers = prunable_layers(model, dense_first=cfg.dense_first, dense_last=cfg.dense_last)
+    scale_k = cfg.k if cfg.init_scale == "scaled" else None
+    prunable = {path for path, _ in layers}
+    init_weights(model, cfg.init, seed=cfg.seed, scale_k=scale_k, prunable=prunable)  # type: ignore[arg-type]
+    return model
 
 
 def _write_ticket(

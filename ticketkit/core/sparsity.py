@@ -20,9 +20,8 @@ gives one selection per training step, for layer-wise and global scope alike, an
 
 from __future__ import annotations
 
-import math
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,12 +29,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ticketkit.core.binarize import scale_of
-from ticketkit.core.select import Selector, kept_count
+from ticketkit.core.rules import Fixed, MaskRule, abs_grad
 from ticketkit.errors import UsageError
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-GRANULARITIES = ("unstructured", "filter", "channel")
-SCOPES = ("layer", "global")
 
 # Any optimizer step anywhere marks masks stale: fused optimizers do not bump version counters.
 _steps = 0
@@ -49,11 +46,6 @@ def _count_step(*_: object) -> None:
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 register_optimizer_step_post_hook(_count_step)
-
-
-def abs_grad(s: torch.Tensor) -> torch.Tensor:
-    """d|s|/ds: the straight-through path of a top-k mask on |s|."""
-    return torch.sign(s)
 
 
 class _MaskSTE(torch.autograd.Function):
@@ -161,82 +153,6 @@ class Layer:
     @property
     def fan_in(self) -> int:
         return self.weight[0].numel()
-
-
-# ---- mask rules --------------------------------------------------------------------------------
-
-
-class MaskRule:
-    """Turns scores into masks. Subclass for new mask families (see the supermask plugin).
-
-    `stochastic` rules are re-evaluated on every training forward; deterministic ones only when
-    scores change. `relax_grad` is the derivative used by the straight-through estimator.
-    """
-
-    stochastic = False
-    relax_grad: Callable[[torch.Tensor], torch.Tensor] = staticmethod(abs_grad)
-
-    def update(self, layers: list[Layer], training: bool) -> None:
-        raise NotImplementedError
-
-
-class TopK(MaskRule):
-    """Keep the fraction k of weights with the largest |score|.
-
-    scope "layer": each layer keeps N - floor((1-k) N). scope "global": one exact threshold
-    over every layer's scores (ties by index). Granularities "filter"/"channel" rank whole
-    output/input channels by the L2 norm of their |scores| and always keep k per layer.
-    """
-
-    def __init__(self, k: float, scope: str = "layer", granularity: str = "unstructured"):
-        self.k = k
-        self.scope = scope
-        self.granularity = granularity
-        self._selectors: dict[str, Selector] = {}
-
-    def _selector(self, key: str) -> Selector:
-        return self._selectors.setdefault(key, Selector())
-
-    @torch.no_grad()
-    def update(self, layers: list[Layer], training: bool) -> None:
-        if self.granularity != "unstructured":
-            for layer in layers:
-                self._structured(layer)
-        elif self.scope == "global":
-            self._global(layers)
-        else:
-            for layer in layers:
-                a = torch.abs(layer.scores.detach(), out=layer.param.buffer()).view(-1)  # type: ignore[union-attr]
-                keep = kept_count(layer.numel, self.k)
-                self._selector(layer.path).select(a, keep, layer.mask)
-                layer.param.kept = keep
-
-    def _global(self, layers: list[Layer]) -> None:
-        a = torch.cat([layer.scores.detach().abs().view(-1) for layer in layers])  # type: ignore[union-attr]
-        mask = torch.empty_like(a)
-        self._selector("*").select(a, kept_count(a.numel(), self.k), mask)
-        for layer, part in zip(layers, mask.split([layer.numel for layer in layers]), strict=True):
-            layer.mask.view(-1).copy_(part)
-            layer.param.kept = None  # per-layer counts are free under global scope
-
-    def _structured(self, layer: Layer) -> None:
-        s = layer.scores.detach().abs()  # type: ignore[union-attr]
-        dim = 0 if self.granularity == "filter" else 1
-        importance = s.transpose(0, dim).flatten(1).norm(dim=1)
-        keep = kept_count(importance.numel(), self.k)
-        groups = torch.empty_like(importance)
-        self._selector(layer.path).select(importance, keep, groups)
-        layer.param.kept = None
-        shape = [1] * s.dim()
-        shape[dim] = -1
-        layer.mask.copy_(groups.view(shape).expand_as(s))
-
-
-class Fixed(MaskRule):
-    """Masks that never change (fine-tuning, magnitude tickets): nothing to recompute."""
-
-    def update(self, layers: list[Layer], training: bool) -> None:
-        return None
 
 
 # ---- the sparsifier ----------------------------------------------------------------------------
@@ -373,29 +289,3 @@ class Sparsifier:
 def sparsifier_of(model: nn.Module) -> Sparsifier | None:
     """The sparsifier attached to `model`, if any."""
     return getattr(model, "_ticketkit_sparsifier", None)
-
-
-# ---- score initialisation ----------------------------------------------------------------------
-
-
-@torch.no_grad()
-def init_scores(layers: Iterable[Layer], how: str, generator: torch.Generator | None) -> None:
-    """Initialise scores.
-
-    "kaiming-uniform": U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as edge-popup (nn.Conv2d's default).
-    "hydra": sqrt(6/fan_in) * W / max|W| per layer, so the first mask is the magnitude mask.
-    "magnitude": |W| (then the mask stays the magnitude mask unless scores train).
-    """
-    for layer in layers:
-        s, w = layer.scores, layer.weight
-        assert s is not None
-        if how == "kaiming-uniform":
-            bound = 1.0 / math.sqrt(layer.fan_in)
-            s.copy_(torch.rand(s.shape, generator=generator, dtype=s.dtype) * 2 * bound - bound)
-        elif how == "hydra":
-            peak = w.abs().max().clamp_min(torch.finfo(w.dtype).tiny)
-            s.copy_(math.sqrt(6.0 / layer.fan_in) * w / peak)
-        elif how == "magnitude":
-            s.copy_(w.abs())
-        else:
-            raise ValueError(f"unknown score init '{how}'")
