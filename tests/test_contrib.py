@@ -25,22 +25,8 @@ def test_supermask_is_listed_with_its_distribution(installed):
 
 def test_supermask_prunes_and_eval_loads_the_ticket(installed, tmp_path):
     pruned = run_subprocess(
-        "prune",
-        "--method",
-        "supermask",
-        "--arch",
-        "mlp",
-        "--k",
-        "0.5",
-        "--dataset",
-        "digits",
-        "--epochs",
-        "2",
-        "--lr",
-        "100",
-        "--weight-decay",
-        "0",
-        "--out",
+        *"prune --method supermask --arch mlp --k 0.5 --dataset digits --epochs 2".split(),
+        *"--lr 100 --weight-decay 0 --out".split(),
         tmp_path,
     )
     assert pruned.code == 0, pruned.err

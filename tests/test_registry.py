@@ -56,18 +56,7 @@ def test_a_broken_plugin_is_one_warning_and_everything_else_works(tmp_path):
     assert "deliberately broken" in warnings[0]
     assert "biprop" in {r["name"] for r in json.loads(listed.out)}
     pruned = run_subprocess(
-        "prune",
-        "--method",
-        "biprop",
-        "--arch",
-        "mlp",
-        "--k",
-        "0.5",
-        "--dataset",
-        "digits",
-        "--epochs",
-        "1",
-        "--out",
+        *"prune --method biprop --arch mlp --k 0.5 --dataset digits --epochs 1 --out".split(),
         tmp_path / "runs",
         env=env,
     )

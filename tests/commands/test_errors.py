@@ -21,32 +21,13 @@ def test_unknown_method_arch_dataset_suggest_the_nearest(cli, tmp_path):
     )
     assert_usage_error(
         cli(
-            "prune",
-            "--method",
-            "biprop",
-            "--arch",
-            "conv44",
-            "--k",
-            "0.5",
-            "--dataset",
-            "digits",
-            "--out",
-            tmp_path,
+            *"prune --method biprop --arch conv44 --k 0.5 --dataset digits --out".split(), tmp_path
         ),
         "unknown arch 'conv44'; did you mean",
     )
     assert_usage_error(
         cli(
-            "prune",
-            "--method",
-            "biprop",
-            "--arch",
-            "mlp",
-            "--k",
-            "0.5",
-            "--dataset",
-            "fashion_mnist",
-            "--out",
+            *"prune --method biprop --arch mlp --k 0.5 --dataset fashion_mnist --out".split(),
             tmp_path,
         ),
         "unknown dataset 'fashion_mnist'; did you mean 'fashion-mnist'?",
@@ -82,17 +63,7 @@ def test_missing_dataset_offline(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert_usage_error(
         cli(
-            "prune",
-            "--method",
-            "biprop",
-            "--arch",
-            "conv4",
-            "--k",
-            "0.5",
-            "--dataset",
-            "cifar10",
-            "--out",
-            tmp_path,
+            *"prune --method biprop --arch conv4 --k 0.5 --dataset cifar10 --out".split(), tmp_path
         ),
         "dataset 'cifar10' not found",
         "--data",
@@ -104,18 +75,7 @@ def test_bad_files_for_eval(cli, tmp_path):
     assert_usage_error(cli("eval", tmp_path / "notes.txt"), "not a readable safetensors file")
     assert_usage_error(cli("eval", tmp_path / "missing.safetensors"), "no such file")
     ok = cli(
-        "prune",
-        "--method",
-        "biprop",
-        "--arch",
-        "mlp",
-        "--k",
-        "0.5",
-        "--dataset",
-        "digits",
-        "--epochs",
-        "1",
-        "--out",
+        *"prune --method biprop --arch mlp --k 0.5 --dataset digits --epochs 1 --out".split(),
         tmp_path,
     )
     data = open(ok.out.strip(), "rb").read()
@@ -134,18 +94,7 @@ def test_ticket_whose_shapes_do_not_match_its_arch(cli, tmp_path):
     from ticketkit.core.ticket import Ticket
 
     ok = cli(
-        "prune",
-        "--method",
-        "biprop",
-        "--arch",
-        "mlp",
-        "--k",
-        "0.5",
-        "--dataset",
-        "digits",
-        "--epochs",
-        "1",
-        "--out",
+        *"prune --method biprop --arch mlp --k 0.5 --dataset digits --epochs 1 --out".split(),
         tmp_path,
     )
     t = Ticket.read(ok.out.strip())
@@ -158,34 +107,12 @@ def test_ticket_whose_shapes_do_not_match_its_arch(cli, tmp_path):
 
 def test_arch_too_small_for_input_and_learn_bn_without_bn(cli, tmp_path):
     assert_usage_error(
-        cli(
-            "prune",
-            "--method",
-            "biprop",
-            "--arch",
-            "conv8",
-            "--k",
-            "0.5",
-            "--dataset",
-            "digits",
-            "--out",
-            tmp_path,
-        ),
+        cli(*"prune --method biprop --arch conv8 --k 0.5 --dataset digits --out".split(), tmp_path),
         "needs images of at least 16x16",
     )
     assert_usage_error(
         cli(
-            "prune",
-            "--method",
-            "biprop",
-            "--arch",
-            "conv4",
-            "--k",
-            "0.5",
-            "--dataset",
-            "digits",
-            "--learn-bn",
-            "--out",
+            *"prune --method biprop --arch conv4 --k 0.5 --dataset digits --learn-bn --out".split(),
             tmp_path,
         ),
         "no affine normalisation layers",

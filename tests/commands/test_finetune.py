@@ -97,18 +97,7 @@ def test_wrong_artifact_kinds_and_mismatches(cli, pretrained_digits_mlp, tmp_pat
 
 
 def test_pretrain_prints_a_checkpoint_that_eval_reproduces(cli, tmp_path):
-    r = cli(
-        "pretrain",
-        "--arch",
-        "mlp",
-        "--dataset",
-        "digits",
-        "--epochs",
-        "2",
-        "--out",
-        tmp_path,
-        "--json",
-    )
+    r = cli(*"pretrain --arch mlp --dataset digits --epochs 2 --out".split(), tmp_path, "--json")
     assert r.code == 0, r.err
     record = json.loads(r.out)
     assert record["kind"] == "checkpoint" and record["path"].endswith("checkpoint.safetensors")

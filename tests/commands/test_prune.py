@@ -14,20 +14,8 @@ from tests.conftest import run_subprocess
 def conv4_ticket(tmp_path_factory, fashion):
     out = tmp_path_factory.mktemp("runs")
     result = run_subprocess(
-        "prune",
-        "--method",
-        "biprop",
-        "--arch",
-        "conv4",
-        "--k",
-        "0.2",
-        "--dataset",
-        "fashion-mnist",
-        "--subset",
-        "5000",
-        "--epochs",
-        "2",
-        "--out",
+        *"prune --method biprop --arch conv4 --k 0.2 --dataset fashion-mnist".split(),
+        *"--subset 5000 --epochs 2 --out".split(),
         out,
     )
     return result, out
@@ -130,16 +118,7 @@ def test_config_is_saved_in_run_dir_and_ticket(cli, tmp_path):
     cfg = tmp_path / "exp.yml"
     cfg.write_text("epochs: 1\nbatch_size: 32\noptions:\n  alpha: channel\n")
     r = cli(
-        "prune",
-        "--method",
-        "biprop",
-        "--arch",
-        "mlp",
-        "--k",
-        "0.4",
-        "--dataset",
-        "digits",
-        "--config",
+        *"prune --method biprop --arch mlp --k 0.4 --dataset digits --config".split(),
         cfg,
         "--out",
         tmp_path,

@@ -12,16 +12,7 @@ def test_timm_model_end_to_end(cli, tmp_path, arch):
     )
     assert dense.code == 0, dense.err
     pruned = cli(
-        "prune",
-        "--method",
-        "hydra",
-        "--k",
-        "0.5",
-        "--epochs",
-        "1",
-        "--out",
-        tmp_path,
-        stdin=dense.out,
+        *"prune --method hydra --k 0.5 --epochs 1 --out".split(), tmp_path, stdin=dense.out
     )
     assert pruned.code == 0, pruned.err
     tuned = cli("finetune", "--epochs", "1", "--out", tmp_path, stdin=pruned.out)
