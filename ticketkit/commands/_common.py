@@ -67,7 +67,7 @@ class Progress:
             self._bar = None
 
     def note(self, message: str) -> None:
-        console.print(message)
+        console.print(message, markup=False)
 
 
 # ---- shared options (defined once) -------------------------------------------------------------
@@ -103,7 +103,7 @@ Name = Annotated[
     typer.Option("--name", help="run directory name (default: derived from the config)"),
 ]
 Out = Annotated[
-    str | None, typer.Option("--out", help="parent directory of run directories [default: runs]")
+    str | None, typer.Option("--out", help="parent directory of run directories (default: runs)")
 ]
 ConfigFile = Annotated[
     str | None, typer.Option("--config", help="YAML file of options (CLI flags win)")
@@ -221,10 +221,3 @@ def show_layers(result: Any) -> None:
     """The per-layer sparsity table of a finished ticket, on stderr."""
     if result.layers:
         console.print(layer_table(result.layers, title=f"{result.path}"))
-
-
-def existing_file(path: str, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{what} {path}: no such file")
-    return p

@@ -20,7 +20,7 @@ def finetune(
     epochs: c.Epochs = None,
     batch_size: c.BatchSize = None,
     optimizer: c.Optimizer = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="learning rate [default: 0.01]")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="learning rate (default: 0.01)")] = None,
     momentum: c.Momentum = None,
     weight_decay: c.WeightDecay = None,
     schedule: c.Schedule = None,

@@ -98,6 +98,6 @@ def show(
         for col in ("option", "type", "default", "help"):
             table.add_column(col, overflow="fold")
         for o in r["options"]:
-            helptext = o["help"] + (f" [{'|'.join(o['choices'])}]" if o["choices"] else "")
+            helptext = o["help"] + (f" (one of: {', '.join(o['choices'])})" if o["choices"] else "")
             table.add_row(o["name"], o["type"], str(o["default"]), helptext)
         out.print(table)
