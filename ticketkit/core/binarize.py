@@ -16,18 +16,18 @@ from torch import nn
 
 @torch.no_grad()
 def scale_of(
-    magnitudes: torch.Tensor, mask: torch.Tensor, like: torch.Tensor, kept: int | None = None
+    magnitudes: torch.Tensor, mask: torch.Tensor, alpha: torch.Tensor, kept: int | None = None
 ) -> torch.Tensor:
-    """alpha = sum(|W| m) / sum(m) from |W|, shaped like `like` (scalar or per output channel).
+    """Set alpha = sum(|W| m) / sum(m) in place from |W|: a scalar, or one per output channel.
 
     `kept`, when the caller knows sum(m) already, saves a pass over the mask.
     """
-    if like.dim() == 0:
-        total = torch.dot(magnitudes.view(-1), mask.view(-1))
-        return total / max(kept, 1) if kept is not None else total / mask.sum().clamp_min(1)
+    if alpha.dim() == 0:
+        torch.dot(magnitudes.view(-1), mask.view(-1), out=alpha)
+        return alpha.div_(kept if kept is not None else mask.sum().clamp_min(1))
     dims = tuple(range(1, magnitudes.dim()))
-    kept = mask.sum(dim=dims, keepdim=True)
-    return (magnitudes * mask).sum(dim=dims, keepdim=True) / kept.clamp_min(1)
+    kept_per_channel = mask.sum(dim=dims, keepdim=True).clamp_min(1)
+    return torch.sum(magnitudes * mask, dim=dims, keepdim=True, out=alpha).div_(kept_per_channel)
 
 
 class _SignSTE(torch.autograd.Function):

@@ -68,7 +68,7 @@ class TopK(MaskRule):
             self._global(layers)
         else:
             for layer in layers:
-                a = torch.abs(layer.scores.detach(), out=layer.param.buffer()).view(-1)  # type: ignore[union-attr]
+                a = torch.abs(layer.scores.detach(), out=layer.param.scratch).view(-1)  # type: ignore[union-attr]
                 keep = kept_count(layer.numel, self.k)
                 self._selector(layer.path).select(a, keep, layer.mask)
                 layer.param.kept = keep

@@ -43,7 +43,7 @@ class Selector:
         if keep >= n or keep <= 0:
             out.fill_(1 if keep >= n else 0)
             return
-        if a.device.type == "cpu" and out.is_contiguous():
+        if a.is_cpu and out.is_contiguous():
             an = a.detach().numpy()
             t, n_ge = self._threshold_cpu(an, keep)
             if n_ge == keep:

@@ -94,17 +94,8 @@ class MaskedWeight(nn.Module):
         self.kept: int | None = None  # set by rules that know the kept count exactly
         self.ig = 0.0  # implicit-gradient coefficient (BiP); 0 for plain straight-through
         self._cache: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
-        self._buffer: torch.Tensor | None = None
-
-    def buffer(self) -> torch.Tensor:
-        """Scratch space of the weight's shape, reused every step by mask rules."""
-        if (
-            self._buffer is None
-            or self._buffer.shape != self.mask.shape
-            or self._buffer.device != self.mask.device
-        ):
-            self._buffer = torch.empty_like(self.mask)
-        return self._buffer
+        # scratch space of the weight's shape for mask rules; follows .to(), not saved
+        self.register_buffer("scratch", torch.empty_like(weight), persistent=False)
 
     def signs(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sign(W), |W|), cached while W is unchanged (random-weight methods never change it)."""
@@ -259,8 +250,7 @@ class Sparsifier:
             for layer in self.layers:
                 if layer.param.binary:
                     magnitudes = layer.param.signs(layer.weight)[1]
-                    alpha = scale_of(magnitudes, layer.mask, layer.param.alpha, layer.param.kept)
-                    layer.param.alpha.copy_(alpha)
+                    scale_of(magnitudes, layer.mask, layer.param.alpha, layer.param.kept)
         self._seen, self._steps, self._mode = self._versions(), _steps, training
 
     def freeze(self) -> None:
