@@ -211,6 +211,8 @@ def prune(
     method = make_method(cfg, "prune")
     parent = _prune_input(cfg, method)
     if not method.trains:
+        if cfg.epochs:
+            reporter.note(f"{cfg.method} is one-shot: --epochs is ignored (fine-tune afterwards)")
         cfg.epochs = 0
     ds = _dataset_for(cfg, parent)
     parent_id = parent.meta["payload_sha256"] if parent else None
