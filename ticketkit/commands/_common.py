@@ -31,6 +31,7 @@ class Progress:
         self._task: Any = None
         self._label = ""
         self._done = self._total = 0
+        self._loss = float("nan")
         self._last = time.monotonic()
 
     def start(self, description: str, total: int) -> None:
@@ -54,11 +55,12 @@ class Progress:
 
     def advance(self, **fields: Any) -> None:
         self._done += 1
+        self._loss = fields.get("loss", self._loss)
         if self._bar is not None:
             self._bar.update(self._task, advance=1, **fields)
         elif time.monotonic() - self._last > 15:
             self._last = time.monotonic()
-            loss = f" loss {fields['loss']:.4f}" if "loss" in fields else ""
+            loss = f" loss {self._loss:.4f}" if self._loss == self._loss else ""  # not NaN
             console.print(f"{self._label}: {self._done}/{self._total}{loss}")
 
     def stop(self) -> None:

@@ -39,7 +39,7 @@ class Silent:
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" is cuda when present, else cpu; anything else must exist."""
+    """The device named: "auto" is cuda when present, else cpu; anything else must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -136,17 +136,18 @@ def fit(
         method.start_epoch(epoch, model)
         model.train()
         reporter.start(f"{phase} epoch {epoch + 1}/{cfg.epochs}", len(loader))
-        seen = correct = 0
-        total_loss = 0.0
+        seen = 0
+        sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss, correct: no syncs
         began = time.perf_counter()
-        for batch in loader.batches(epoch):
+        for i, batch in enumerate(loader.batches(epoch)):
             loss, logits = method.train_step(model, batch, optimizers)
             n = batch[1].numel()
             seen += n
-            total_loss += float(loss) * n
-            correct += int((logits.argmax(1) == batch[1]).sum())
-            reporter.advance(loss=float(loss))
+            sums[0] += loss.double() * n
+            sums[1] += (logits.argmax(1) == batch[1]).sum()
+            reporter.advance(**({"loss": float(loss)} if i % 20 == 0 else {}))
         reporter.stop()
+        total_loss, correct = sums.tolist()
         if not math.isfinite(total_loss):
             raise JobError(
                 f"training diverged at epoch {epoch + 1} (loss is {total_loss}); lower --lr"
