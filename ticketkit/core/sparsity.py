@@ -251,7 +251,7 @@ class Sparsifier:
                 if layer.param.binary:
                     magnitudes = layer.param.signs(layer.weight)[1]
                     scale_of(magnitudes, layer.mask, layer.param.alpha, layer.param.kept)
-        self._seen, self._steps, self._mode = self._versions(), _steps, training
+        self._seen, self._steps, self._mode = versions, _steps, training  # rules never touch scores
 
     def freeze(self) -> None:
         """Fix the masks the rule gives in eval mode (deterministic); scores stop mattering."""
