@@ -30,14 +30,6 @@ def arch_names():
     return out
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("arch", arch_names())
 def test_arch_masked_forward_backward_and_ticket_round_trip(arch, tmp_path):
     torch.manual_seed(0)

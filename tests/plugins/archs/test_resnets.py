@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ticketkit.core.data import InputSpec
+from ticketkit.core.model import build_model
 from ticketkit.errors import UsageError
 from ticketkit.plugins.archs import resnet, resnet_cifar, wide_resnet
 
@@ -38,18 +39,7 @@ DIGITS = InputSpec(1, 8, 8, 10)
 CIFAR10 = InputSpec(3, 32, 32, 10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (20 ms a conv on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def build(name, input, **options):
-    spec = SPECS[name]
-    return spec.load()(input, **dataclasses.asdict(spec.make_options(options)))
+build = build_model  # through the registry, as the CLI builds them
 
 
 def meta(name, input=CIFAR10, **options):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ticketkit.core.data import InputSpec
+from ticketkit.core.model import build_model
 from ticketkit.errors import UsageError
 from ticketkit.plugins.archs import timm as timm_arch
 
@@ -20,19 +21,7 @@ CIFAR100 = InputSpec(3, 32, 32, 100)
 DIGITS = InputSpec(1, 8, 8, 10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (20 ms a conv on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def build(arch, input, **options):
-    """What ticketkit.core.model.build_model does for a family member."""
-    kwargs = dataclasses.asdict(SPEC.make_options(options))
-    return SPEC.load()(input, variant=arch.partition(":")[2], **kwargs)
+build = build_model  # through the registry, as the CLI builds them
 
 
 def forward(model, input, batch=2):
