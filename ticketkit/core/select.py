@@ -33,6 +33,8 @@ class Selector:
         self.threshold: float | None = None
         self.halfwidth: float = 0.0
         self._sample_idx: np.ndarray | None = None
+        self._above: np.ndarray | None = None  # bool scratch of the input's size, reused
+        self._band: np.ndarray | None = None
 
     def select(self, a: torch.Tensor, keep: int, out: torch.Tensor) -> None:
         """Write the mask of the `keep` largest entries of flat `a` into `out` (ties by index).
@@ -43,19 +45,18 @@ class Selector:
         if keep >= n or keep <= 0:
             out.fill_(1 if keep >= n else 0)
             return
-        if a.is_cpu and out.is_contiguous():
-            an = a.detach().numpy()
-            t, n_ge = self._threshold_cpu(an, keep)
-            if n_ge == keep:
-                np.greater_equal(an, t, out=out.detach().view(-1).numpy(), casting="unsafe")
-                return
+        flat = out.view(-1)
+        if a.is_cpu:
+            t, n_ge = self._threshold_cpu(a.detach().numpy(), keep)
         else:
             t = a.kthvalue(n - keep + 1).values
             n_ge = int((a >= t).sum())
-            if n_ge == keep:
-                out.view(-1).copy_(a >= t)
-                return
-        out.view(-1).copy_(_break_ties(a, t, keep))
+        if n_ge != keep:
+            flat.copy_(_break_ties(a, t, keep))
+        elif a.is_cpu and out.dtype == torch.bool:
+            np.greater_equal(a.detach().numpy(), t, out=flat.numpy())
+        else:
+            torch.ge(a, t, out=flat)  # float masks: multithreaded, unlike numpy's casting path
 
     def mask(self, a: torch.Tensor, keep: int) -> torch.Tensor:
         """Bool mask of the `keep` largest entries of the flat tensor `a` (ties by index)."""
@@ -70,21 +71,24 @@ class Selector:
         if n <= _SMALL:
             t = np.partition(a, n - keep)[n - keep]
             return float(t), int(np.count_nonzero(a >= t))
+        if self._above is None or self._above.size != n:
+            self._above, self._band = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
+        above_hi, band = self._above, self._band
         for attempt in range(3):
             lo, hi = self._bracket(a, keep, attempt)
-            inside = a >= lo
-            below_hi = a <= hi
-            above = n - int(np.count_nonzero(below_hi))
+            np.greater(a, hi, out=above_hi)
+            above = int(np.count_nonzero(above_hi))
             if above < keep:
-                np.logical_and(inside, below_hi, out=inside)
-                band = a[inside]
+                np.greater_equal(a, lo, out=band)
+                np.logical_xor(band, above_hi, out=band)  # lo <= a <= hi
+                values = a[band]
                 need = keep - above  # the need-th largest value inside the band
-                if need <= band.size:
-                    j = band.size - need
-                    band = np.partition(band, j)
-                    t = band[j]
-                    self._adapt(float(t), band.size, lo, hi)
-                    return float(t), above + int(np.count_nonzero(band >= t))
+                if need <= values.size:
+                    j = values.size - need
+                    values = np.partition(values, j)
+                    t = values[j]
+                    self._adapt(float(t), values.size, lo, hi)
+                    return float(t), above + int(np.count_nonzero(values >= t))
             self.threshold = None  # the bracket missed: go cold, and wider
         t = np.partition(a, n - keep)[n - keep]
         return float(t), int(np.count_nonzero(a >= t))

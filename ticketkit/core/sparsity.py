@@ -48,36 +48,46 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 register_optimizer_step_post_hook(_count_step)
 
 
-class _MaskSTE(torch.autograd.Function):
-    """W_eff from (W, s, m[, alpha, sign W]); gradients: W gets g*m, s gets g*W*relax'(s).
+class _ScoreSTE(torch.autograd.Function):
+    """Effective weights of several score layers in one autograd node.
 
-    `ig` adds BiP's implicit-gradient term to the score gradient: ds -= ig * m * g^2.
+    One Python call per forward and one per backward for the whole model, not one per layer:
+    on small models that dispatch, more than the arithmetic, is what masking costs.
+    Gradients: W gets g*m (plain masks; a binary W_eff does not depend on W's values), s gets
+    g*W*relax'(s), and BiP's implicit-gradient term adds -ig*m*g^2 to it.
     """
 
     @staticmethod
-    def forward(ctx, w, s, mask, alpha, signs, relax_grad, ig):  # type: ignore[override]
-        ctx.save_for_backward(w, s, mask)
-        ctx.relax_grad, ctx.ig = relax_grad, ig
-        ctx.binary = alpha is not None
-        if alpha is None:
-            return w * mask
-        return torch.mul(signs, mask).mul_(alpha)
+    def forward(ctx, params, *tensors):  # type: ignore[override]
+        ctx.params = params
+        ctx.save_for_backward(*tensors, *(p.mask for p in params))
+        return tuple(p.effective(w) for p, w in zip(params, tensors, strict=False))
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        w, s, mask = ctx.saved_tensors
-        gw = gs = None
-        if ctx.needs_input_grad[0] and not ctx.binary:
-            gw = g * mask
-        if ctx.needs_input_grad[1]:
-            gs = ctx.relax_grad(s).mul_(w).mul_(g)
-            if ctx.ig:
-                gs.addcmul_(mask, g * g, value=-ctx.ig)
-        return gw, gs, None, None, None, None, None
+    def backward(ctx, *grads):  # type: ignore[override]
+        params, saved, need = ctx.params, ctx.saved_tensors, ctx.needs_input_grad
+        n = len(params)
+        gws: list[torch.Tensor | None] = [None] * n
+        gss: list[torch.Tensor | None] = [None] * n
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            w, s, mask = saved[i], saved[n + i], saved[2 * n + i]
+            if need[1 + i] and not p.binary:
+                gws[i] = g * mask
+            if need[1 + n + i]:
+                gs = p.relax_grad(s).mul_(w).mul_(g)
+                if p.ig:
+                    gs.addcmul_(mask, g * g, value=-p.ig)
+                gss[i] = gs
+        return (None, *gws, *gss)
 
 
 class MaskedWeight(nn.Module):
-    """The parametrization of one prunable weight: its mask, optional scores and binary scale."""
+    """The parametrization of one prunable weight: its mask, optional scores and binary scale.
+
+    During a forward of the model it belongs to, the effective weight was already computed for
+    all layers at once (`Sparsifier`) and is handed out from `stash`; called on its own (a
+    submodule run directly, activation checkpointing) it computes its own.
+    """
 
     def __init__(
         self, weight: torch.Tensor, *, scores: bool, binary: bool = False, alpha: str = "layer"
@@ -96,6 +106,7 @@ class MaskedWeight(nn.Module):
         self._cache: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
         # scratch space of the weight's shape for mask rules; follows .to(), not saved
         self.register_buffer("scratch", torch.empty_like(weight), persistent=False)
+        self.stash: torch.Tensor | None = None
 
     def signs(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sign(W), |W|), cached while W is unchanged (random-weight methods never change it)."""
@@ -104,14 +115,18 @@ class MaskedWeight(nn.Module):
             self._cache = (*key, torch.sign(w.detach()), w.detach().abs())
         return self._cache[2], self._cache[3]
 
+    def effective(self, w: torch.Tensor) -> torch.Tensor:
+        """W_eff = W * m, or alpha * sign(W) * m for binary layers (no autograd of its own)."""
+        if self.binary:
+            return torch.mul(self.signs(w)[0], self.mask).mul_(self.alpha)
+        return w * self.mask
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha if self.binary else None
+        if self.stash is not None:
+            return self.stash
         if self.scores is not None and torch.is_grad_enabled():
-            base = self.signs(w)[0] if self.binary else None
-            return _MaskSTE.apply(w, self.scores, self.mask, alpha, base, self.relax_grad, self.ig)
-        if alpha is None:
-            return w * self.mask
-        return torch.mul(self.signs(w)[0], self.mask).mul_(alpha)
+            return _ScoreSTE.apply((self,), w, self.scores)[0]
+        return self.effective(w)
 
 
 @dataclass
@@ -181,7 +196,11 @@ class Sparsifier:
         self._steps = -1
         self._mode: bool | None = None
         self._model = weakref.ref(model)
-        self._hook = model.register_forward_pre_hook(self._before_forward)
+        self._scored = [layer for layer in layers if layer.scores is not None]
+        self._hooks = (
+            model.register_forward_pre_hook(self._before_forward),
+            model.register_forward_hook(self._after_forward, always_call=True),
+        )
         model._ticketkit_sparsifier = self  # type: ignore[assignment]
 
     @classmethod
@@ -231,7 +250,18 @@ class Sparsifier:
         )
 
     def _before_forward(self, module: nn.Module, args: object) -> None:
+        """Refresh the masks, then compute every score layer's W_eff in one autograd node."""
         self.refresh(training=module.training)
+        if self._scored and torch.is_grad_enabled():
+            params = tuple(layer.param for layer in self._scored)
+            weights = [layer.weight for layer in self._scored]
+            scores = [layer.scores for layer in self._scored]
+            for p, w_eff in zip(params, _ScoreSTE.apply(params, *weights, *scores), strict=True):
+                p.stash = w_eff
+
+    def _after_forward(self, module: nn.Module, args: object, output: object) -> None:
+        for layer in self._scored:
+            layer.param.stash = None
 
     def refresh(self, training: bool = False, force: bool = False) -> None:
         """Recompute masks (and binary scales) if anything they depend on changed."""
@@ -271,7 +301,8 @@ class Sparsifier:
         with torch.no_grad():
             for layer in self.layers:
                 parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         if model is not None:
             model._ticketkit_sparsifier = None  # type: ignore[assignment]
 
