@@ -162,3 +162,51 @@ def test_hydra_score_init_gives_the_magnitude_mask():
         expected = torch.zeros_like(a)
         expected[a.topk(kept_count(layer.numel, 0.3)).indices] = 1
         assert torch.equal(layer.mask.flatten(), expected)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_whole_model_forward_gives_every_layer_the_straight_through_gradient(binary):
+    """The root forward computes all W_eff in one autograd node; gradients must be per-layer
+    exact: dW = g * m (plain), ds = g * W * sign(s) - ig * m * g^2."""
+    model = small_net()
+    sp = attach(model, 0.4, binary=binary)
+    for layer in sp.layers:
+        layer.weight.requires_grad_(True)
+        layer.param.ig = 0.5
+    grads: dict[str, torch.Tensor] = {}
+
+    def capture(path):  # dL/dW_eff as the layer sees it
+        def hook(module, args):
+            module.weight.register_hook(lambda g: grads.__setitem__(path, g))
+
+        return hook
+
+    for layer in sp.layers:
+        layer.module.register_forward_pre_hook(capture(layer.path))
+    model(torch.randn(3, 3, 6, 6)).square().sum().backward()
+    for layer in sp.layers:
+        g, s, w, m = grads[layer.path], layer.scores.detach(), layer.weight.detach(), layer.mask
+        expected = g * w * torch.sign(s) - 0.5 * m * g * g
+        assert torch.allclose(layer.scores.grad, expected, atol=1e-6)
+        if binary:
+            assert layer.weight.grad is None  # a binary W_eff does not depend on W's values
+        else:
+            assert torch.allclose(layer.weight.grad, g * m)
+        assert layer.param.stash is None  # handed out during the forward only
+
+
+def test_a_layer_called_on_its_own_still_trains_its_scores():
+    model = small_net()
+    sp = attach(model, 0.5)
+    conv = model[3]
+    conv(torch.randn(2, 8, 5, 5)).sum().backward()
+    assert sp.layers[1].scores.grad is not None and sp.layers[1].scores.grad.abs().sum() > 0
+    assert sp.layers[0].scores.grad is None
+
+
+def test_a_failed_forward_leaves_no_stale_effective_weights():
+    model = small_net()
+    sp = attach(model, 0.5)
+    with pytest.raises(RuntimeError):
+        model(torch.randn(2, 5, 6, 6))  # wrong channel count
+    assert all(layer.param.stash is None for layer in sp.layers)

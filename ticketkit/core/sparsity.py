@@ -48,6 +48,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 register_optimizer_step_post_hook(_count_step)
 
 
+_ZERO = torch.zeros(())
+
+
 class _ScoreSTE(torch.autograd.Function):
     """Effective weights of several score layers in one autograd node.
 
@@ -117,9 +120,12 @@ class MaskedWeight(nn.Module):
 
     def effective(self, w: torch.Tensor) -> torch.Tensor:
         """W_eff = W * m, or alpha * sign(W) * m for binary layers (no autograd of its own)."""
-        if self.binary:
-            return torch.mul(self.signs(w)[0], self.mask).mul_(self.alpha)
-        return w * self.mask
+        if not self.binary:
+            return w * self.mask
+        signs = self.signs(w)[0]
+        if self.alpha.dim() == 0 and self.alpha.is_cpu:  # one pass instead of two
+            return torch.addcmul(_ZERO, signs, self.mask, value=self.alpha.item())
+        return torch.mul(signs, self.mask).mul_(self.alpha)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.stash is not None:
