@@ -210,3 +210,26 @@ def test_a_failed_forward_leaves_no_stale_effective_weights():
     with pytest.raises(RuntimeError):
         model(torch.randn(2, 5, 6, 6))  # wrong channel count
     assert all(layer.param.stash is None for layer in sp.layers)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_masks_stay_live_after_the_model_moves(binary):
+    """`.to(device)` replaces buffers (mask, alpha) with new tensors; a dtype move does the
+    same on CPU, so this guards the CUDA path: masks must keep following the scores."""
+    model = small_net()
+    sp = attach(model, 0.3, binary=binary)
+    model.to(torch.float64)
+    opt = torch.optim.SGD(sp.scores(), lr=10.0)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    model(x).square().sum().backward()
+    opt.step()
+    model(x)
+    for layer in sp.layers:
+        buffer = layer.module.parametrizations.weight[0].mask
+        assert layer.mask is buffer and buffer.dtype == torch.float64
+        a = layer.scores.detach().abs().flatten()
+        expected = torch.zeros_like(a)
+        expected[a.topk(kept_count(layer.numel, 0.3)).indices] = 1
+        assert torch.equal(buffer.flatten(), expected)
+        eff = layer.module.weight.detach()
+        assert eff.dtype == torch.float64 and torch.all(eff[buffer == 0] == 0)

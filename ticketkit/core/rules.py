@@ -57,7 +57,10 @@ class TopK(MaskRule):
         self._selectors: dict[str, Selector] = {}
 
     def _selector(self, key: str) -> Selector:
-        return self._selectors.setdefault(key, Selector())
+        selector = self._selectors.get(key)
+        if selector is None:
+            selector = self._selectors[key] = Selector()
+        return selector
 
     @torch.no_grad()
     def update(self, layers: list[Layer], training: bool) -> None:
@@ -68,10 +71,12 @@ class TopK(MaskRule):
             self._global(layers)
         else:
             for layer in layers:
-                a = torch.abs(layer.scores.detach(), out=layer.param.scratch).view(-1)  # type: ignore[union-attr]
+                param = layer.param
+                a = torch.abs(layer.scores.detach(), out=param.scratch).view(-1)  # type: ignore[union-attr]
                 keep = kept_count(layer.numel, self.k)
-                self._selector(layer.path).select(a, keep, layer.mask)
-                layer.param.kept = keep
+                self._selector(layer.path).select(a, keep, param.mask)
+                if param.kept != keep:
+                    param.kept = keep
 
     def _global(self, layers: list[Layer]) -> None:
         a = torch.cat([layer.scores.detach().abs().view(-1) for layer in layers])  # type: ignore[union-attr]

@@ -7,9 +7,11 @@ the module keeps its class and its forward, and `module.weight` becomes the effe
     W_eff = W * m                 (plain)
     W_eff = alpha * sign(W) * m   (binary, biprop)
 
-computed once per forward. Score-based layers carry a `scores` tensor of the weight's shape;
-the mask is a function of the scores (a `MaskRule`), recomputed only when the scores changed,
-and the gradient reaches the scores straight through the mask (METHODS, "conventions"):
+computed once per forward, for all score layers together in one autograd node (`_ScoreSTE`)
+made by a pre-hook on the root model. Score-based layers carry a `scores` tensor of the
+weight's shape; the mask is a function of the scores (a `MaskRule`), recomputed only when the
+scores changed, and the gradient reaches the scores straight through the mask (METHODS,
+"conventions"):
 
     dL/ds = dL/dW_eff * W * relax'(s)      relax(s) = |s| for top-k
 
@@ -106,17 +108,21 @@ class MaskedWeight(nn.Module):
         self.relax_grad: Callable[[torch.Tensor], torch.Tensor] = abs_grad
         self.kept: int | None = None  # set by rules that know the kept count exactly
         self.ig = 0.0  # implicit-gradient coefficient (BiP); 0 for plain straight-through
-        self._cache: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[tuple[object, ...], torch.Tensor, torch.Tensor] | None = None
         # scratch space of the weight's shape for mask rules; follows .to(), not saved
         self.register_buffer("scratch", torch.empty_like(weight), persistent=False)
         self.stash: torch.Tensor | None = None
 
     def signs(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sign(W), |W|), cached while W is unchanged (random-weight methods never change it)."""
-        key = (id(w), w._version)
-        if self._cache is None or self._cache[:2] != key:
-            self._cache = (*key, torch.sign(w.detach()), w.detach().abs())
-        return self._cache[2], self._cache[3]
+        """(sign(W), |W|), cached while W is unchanged (random-weight methods never change it).
+
+        The key holds W's storage address as well as its version: `.to()` swaps the storage
+        under the same Parameter, and the new one starts its own version count.
+        """
+        key = (id(w), w.data_ptr(), w._version)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, torch.sign(w.detach()), w.detach().abs())
+        return self._cache[1], self._cache[2]
 
     def effective(self, w: torch.Tensor) -> torch.Tensor:
         """W_eff = W * m, or alpha * sign(W) * m for binary layers (no autograd of its own)."""
@@ -139,24 +145,26 @@ class MaskedWeight(nn.Module):
 class Layer:
     """A prunable layer of a model: its module path, module, parametrization and tensors.
 
-    The tensors are looked up once: their identity never changes (state loading copies into
-    them), and attribute chains through nn.Module cost more than the math on small layers.
+    Parameters are looked up once: `.to()` and state loading keep their identity. Buffers are
+    not cached: `.to(device)` or a dtype change replaces them with new tensors.
     """
 
     path: str
     module: nn.Module
     param: MaskedWeight = field(init=False)
     weight: torch.Tensor = field(init=False)  # the stored (original) weight, before masking
-    mask: torch.Tensor = field(init=False)
     scores: torch.Tensor | None = field(init=False)
     numel: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.param = self.module.parametrizations.weight[0]  # type: ignore[index,assignment]
         self.weight = self.module.parametrizations.weight.original  # type: ignore[assignment]
-        self.mask = self.param.mask
         self.scores = self.param.scores
         self.numel = self.weight.numel()
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.param.mask
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -263,11 +271,11 @@ class Sparsifier:
             weights = [layer.weight for layer in self._scored]
             scores = [layer.scores for layer in self._scored]
             for p, w_eff in zip(params, _ScoreSTE.apply(params, *weights, *scores), strict=True):
-                p.stash = w_eff
+                _set_stash(p, w_eff)
 
     def _after_forward(self, module: nn.Module, args: object, output: object) -> None:
         for layer in self._scored:
-            layer.param.stash = None
+            _set_stash(layer.param, None)
 
     def refresh(self, training: bool = False, force: bool = False) -> None:
         """Recompute masks (and binary scales) if anything they depend on changed."""
@@ -311,6 +319,11 @@ class Sparsifier:
             hook.remove()
         if model is not None:
             model._ticketkit_sparsifier = None  # type: ignore[assignment]
+
+
+def _set_stash(param: MaskedWeight, value: torch.Tensor | None) -> None:
+    # a plain attribute: nn.Module.__setattr__'s checks cost more than the rest of the hand-off
+    object.__setattr__(param, "stash", value)
 
 
 def sparsifier_of(model: nn.Module) -> Sparsifier | None:
