@@ -233,3 +233,35 @@ def test_masks_stay_live_after_the_model_moves(binary):
         assert torch.equal(buffer.flatten(), expected)
         eff = layer.module.weight.detach()
         assert eff.dtype == torch.float64 and torch.all(eff[buffer == 0] == 0)
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool | None) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.a = nn.Linear(8, 16, bias=False)
+        self.b = nn.Sequential(nn.Linear(16, 16, bias=False), nn.ReLU())
+        self.c = nn.Linear(16, 4, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.reentrant is not None:
+            h = torch.utils.checkpoint.checkpoint(self.b, h, use_reentrant=self.reentrant)
+        else:
+            h = self.b(h)
+        return self.c(h)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("binary", [False, True])
+def test_activation_checkpointing_gives_the_same_score_gradients(reentrant, binary):
+    grads = []
+    for mode in (None, reentrant):
+        torch.manual_seed(0)
+        model = _Checkpointed(mode)
+        sp = Sparsifier.attach(model, TopK(0.5), binary=binary)
+        init_scores(sp.layers, "kaiming-uniform", torch.Generator().manual_seed(1))
+        model(torch.ones(5, 8).cumsum(1)).square().sum().backward()
+        grads.append([layer.scores.grad for layer in sp.layers])
+    for plain, checkpointed in zip(*grads, strict=True):
+        assert checkpointed is not None and torch.allclose(plain, checkpointed)

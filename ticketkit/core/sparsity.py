@@ -63,29 +63,40 @@ class _ScoreSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, params, *tensors):  # type: ignore[override]
-        """`tensors` are every layer's weight, then every layer's scores, in `params` order."""
+    def forward(ctx, params, on_ctx, *tensors):  # type: ignore[override]
+        """`tensors` are every layer's weight, then every layer's scores, in `params` order.
+
+        `on_ctx` keeps the tensors on ctx instead of saving them. A layer called on its own
+        does that: under non-reentrant activation checkpointing, the recomputation must save
+        exactly what the original forward saved, and in the original forward the layer took
+        its W_eff from the model's node and saved nothing.
+        """
         ctx.params = params
-        ctx.save_for_backward(*tensors, *(p.mask for p in params))
+        held = (*tensors, *(p.mask for p in params))
+        if on_ctx:
+            ctx.held = held
+        else:
+            ctx.save_for_backward(*held)
         weights = tensors[: len(params)]
         return tuple(p.effective(w) for p, w in zip(params, weights, strict=True))
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
-        params, saved, need = ctx.params, ctx.saved_tensors, ctx.needs_input_grad
+        params, need = ctx.params, ctx.needs_input_grad[2:]
+        saved = ctx.held if hasattr(ctx, "held") else ctx.saved_tensors
         n = len(params)
         gws: list[torch.Tensor | None] = [None] * n
         gss: list[torch.Tensor | None] = [None] * n
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             w, s, mask = saved[i], saved[n + i], saved[2 * n + i]
-            if need[1 + i] and not p.binary:
+            if need[i] and not p.binary:
                 gws[i] = g * mask
-            if need[1 + n + i]:
+            if need[n + i]:
                 gs = p.relax_grad(s).mul_(w).mul_(g)
                 if p.ig:
                     gs.addcmul_(mask, g * g, value=-p.ig)
                 gss[i] = gs
-        return (None, *gws, *gss)
+        return (None, None, *gws, *gss)
 
 
 class MaskedWeight(nn.Module):
@@ -139,7 +150,7 @@ class MaskedWeight(nn.Module):
         if self.stash is not None:
             return self.stash
         if self.scores is not None and torch.is_grad_enabled():
-            return _ScoreSTE.apply((self,), w, self.scores)[0]
+            return _ScoreSTE.apply((self,), True, w, self.scores)[0]
         return self.effective(w)
 
 
@@ -272,7 +283,9 @@ class Sparsifier:
             params = tuple(layer.param for layer in self._scored)
             weights = [layer.weight for layer in self._scored]
             scores = [layer.scores for layer in self._scored]
-            for p, w_eff in zip(params, _ScoreSTE.apply(params, *weights, *scores), strict=True):
+            for p, w_eff in zip(
+                params, _ScoreSTE.apply(params, False, *weights, *scores), strict=True
+            ):
                 _set_stash(p, w_eff)
 
     def _after_forward(self, module: nn.Module, args: object, output: object) -> None:
