@@ -223,7 +223,13 @@ class Sparsifier:
         self._steps = -1
         self._mode: bool | None = None
         self._model = weakref.ref(model)
-        self._scored = [layer for layer in layers if layer.scores is not None]
+        scored = [layer for layer in layers if layer.scores is not None]
+        # the score node's inputs: Parameters keep their identity, so these are built once
+        self._scored = tuple(layer.param for layer in scored)
+        self._scored_inputs = (
+            *(layer.weight for layer in scored),
+            *(layer.scores for layer in scored),
+        )
         self._hooks = (
             model.register_forward_pre_hook(self._before_forward),
             model.register_forward_hook(self._after_forward, always_call=True),
@@ -280,17 +286,13 @@ class Sparsifier:
         """Refresh the masks, then compute every score layer's W_eff in one autograd node."""
         self.refresh(training=module.training)
         if self._scored and torch.is_grad_enabled():
-            params = tuple(layer.param for layer in self._scored)
-            weights = [layer.weight for layer in self._scored]
-            scores = [layer.scores for layer in self._scored]
-            for p, w_eff in zip(
-                params, _ScoreSTE.apply(params, False, *weights, *scores), strict=True
-            ):
-                _set_stash(p, w_eff)
+            w_effs = _ScoreSTE.apply(self._scored, False, *self._scored_inputs)
+            for param, w_eff in zip(self._scored, w_effs, strict=True):
+                _set_stash(param, w_eff)
 
     def _after_forward(self, module: nn.Module, args: object, output: object) -> None:
-        for layer in self._scored:
-            _set_stash(layer.param, None)
+        for param in self._scored:
+            _set_stash(param, None)
 
     def refresh(self, training: bool = False, force: bool = False) -> None:
         """Recompute masks (and binary scales) if anything they depend on changed."""
@@ -337,7 +339,7 @@ class Sparsifier:
 
 
 def _set_stash(param: MaskedWeight, value: torch.Tensor | None) -> None:
-    # a plain attribute: nn.Module.__setattr__'s checks cost more than the rest of the hand-off
+    # a plain attribute, set without nn.Module.__setattr__'s type checks (six calls per forward)
     object.__setattr__(param, "stash", value)
 
 
