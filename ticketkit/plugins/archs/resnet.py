@@ -176,13 +176,6 @@ def build(input, *, name: str, width: float, bias: bool, affine_bn: bool):
     )
 
 
-def _factory(name: str):
-    def factory(input, **options):
-        return build(input, name=name, **options)
-
-    return factory
-
-
 @hookimpl
 def ticketkit_register_archs(register):
     for name, (block, layers) in LAYOUTS.items():
@@ -192,7 +185,7 @@ def ticketkit_register_archs(register):
                 name=f"{name}-imagenet",
                 summary=f"ResNet-{name[6:]}, ImageNet stem (7x7/2 conv + max-pool), {kind} "
                 f"{list(layers)} (torchvision layout)",
-                factory=_factory(name),
+                factory=functools.partial(build, name=name),
                 options=ResNetOptions,
             )
         )

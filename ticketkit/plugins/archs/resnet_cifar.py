@@ -17,6 +17,8 @@ references; `bias` is the classifier's bias.
 
 from __future__ import annotations
 
+import functools
+
 from ticketkit import ArchSpec, hookimpl
 from ticketkit.plugins.archs.resnet import LAYOUTS, PLANES, ResNetOptions, modules, scaled
 
@@ -44,13 +46,6 @@ def build(input, *, name: str, width: float, bias: bool, affine_bn: bool):
     )
 
 
-def _factory(name: str):
-    def factory(input, **options):
-        return build(input, name=name, **options)
-
-    return factory
-
-
 @hookimpl
 def ticketkit_register_archs(register):
     for depth in DEPTHS:
@@ -60,7 +55,7 @@ def ticketkit_register_archs(register):
                 name=f"resnet{depth}",
                 summary=f"CIFAR ResNet-{depth}: 3 stages of {n} BasicBlocks, 16/32/64 ch, "
                 "option-A shortcuts (He et al.)",
-                factory=_factory(f"resnet{depth}"),
+                factory=functools.partial(build, name=f"resnet{depth}"),
                 options=ResNetOptions,
             )
         )
@@ -71,7 +66,7 @@ def ticketkit_register_archs(register):
                 name=name,
                 summary=f"ResNet-{name[6:]}, CIFAR stem (3x3/1 conv, no max-pool), {kind} "
                 f"{list(layers)}, 64..512 ch",
-                factory=_factory(name),
+                factory=functools.partial(build, name=name),
                 options=ResNetOptions,
             )
         )
