@@ -10,6 +10,7 @@ derivative of Bi-Real Net's piecewise-quadratic ApproxSign.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +23,11 @@ def scale_of(
 
     `kept`, when the caller knows sum(m) already, saves a pass over the mask.
     """
+    if alpha.dim() == 0 and magnitudes.is_cpu and magnitudes.numel() <= 16384:
+        # numpy's dot costs ~1 us here, torch's dot and div ~8: this runs every step per layer
+        total = np.dot(magnitudes.numpy().reshape(-1), mask.numpy().reshape(-1))
+        count = kept if kept is not None else max(float(mask.sum()), 1.0)
+        return alpha.fill_(float(total) / count)
     if alpha.dim() == 0:
         torch.dot(magnitudes.view(-1), mask.view(-1), out=alpha)
         return alpha.div_(kept if kept is not None else mask.sum().clamp_min(1))

@@ -72,9 +72,16 @@ class TopK(MaskRule):
         else:
             for layer in layers:
                 param = layer.param
-                a = torch.abs(layer.scores.detach(), out=param.scratch).view(-1)  # type: ignore[union-attr]
                 keep = kept_count(layer.numel, self.k)
-                self._selector(layer.path).select(a, keep, param.mask)
+                # binary layers with one alpha get sum(|W| m) from the fused mask pass
+                w = layer.weight if param.binary and param.alpha_mode == "layer" else None
+                layer.kept_magnitude = self._selector(layer.path).top_abs(
+                    layer.scores.detach(),  # type: ignore[union-attr]
+                    keep,
+                    param.mask,
+                    param.scratch,
+                    w.detach() if w is not None else None,
+                )
                 if param.kept != keep:
                     param.kept = keep
 

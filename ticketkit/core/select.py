@@ -5,14 +5,19 @@ path. A full sort (the reference code) costs O(N log N); `torch.kthvalue` on CPU
 tensor and runs a generic nth_element, which on a 266k-weight MLP costs more than the whole
 training step. Here, on CPU:
 
-1. Bracket the threshold: around the previous step's threshold (scores move little per step),
-   or, cold, from the order statistics of a fixed random sample (Floyd-Rivest style).
-2. One vectorised pass counts the values above the bracket and extracts those inside it.
-3. Partition only the few values inside the bracket.
+1. Warm: scores move little per step, so the K-th largest value is usually still among the
+   ~1k candidates that were near the threshold last time, with the same number of values
+   above them. Partition the candidates, then mask with one pass: if the mask holds exactly K
+   values it is the exact top-K, whatever moved (everything kept is >= t, everything else is
+   below). With the fused kernel (`kernels.py`) that pass also yields the count and alpha's sum.
+2. Otherwise bracket the threshold: around the previous one, or, cold, from the order
+   statistics of a fixed random sample (Floyd-Rivest style). One vectorised pass counts the
+   values above the bracket and extracts those inside it (the next candidates); partition
+   only those. If the bracket misses (rare), widen and retry, falling back to a full partition.
 
-If the bracket misses (rare), widen and retry, falling back to a full partition. The result is
-always exact: `count(a > t) < K <= count(a >= t)`. On other devices `torch.kthvalue` is used.
-Ties at the threshold are broken by index (lowest first), so the kept count is exactly K.
+The result is always exact: `count(a > t) < K <= count(a >= t)`. On other devices
+`torch.kthvalue` is used. Ties at the threshold are broken by index (lowest first), so the
+kept count is exactly K.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ import math
 import numpy as np
 import torch
 
+from ticketkit.core.kernels import kernels, usable
+
 _SMALL = 16384  # below this size a plain partition is already fast
 _SAMPLE = 8192
+_NEAR = 512  # candidates kept on either side of the threshold for the next step
 
 
 class Selector:
@@ -35,6 +43,39 @@ class Selector:
         self._sample_idx: np.ndarray | None = None
         self._above: np.ndarray | None = None  # bool scratch of the input's size, reused
         self._band: np.ndarray | None = None
+        self._candidates: np.ndarray | None = None  # indices near the last threshold
+        self._candidates_above = 0  # how many values were above them then
+
+    def top_abs(
+        self,
+        s: torch.Tensor,
+        keep: int,
+        out: torch.Tensor,
+        scratch: torch.Tensor,
+        w: torch.Tensor | None = None,
+    ) -> float | None:
+        """Write the float mask of the `keep` largest |s| into `out` (ties by index).
+
+        `scratch` (s's shape) receives |s| when the fused kernel cannot be used. Returns
+        sum(|w| * mask) when `w` is given and the fused kernel computed it on the way, else None.
+        """
+        n = s.numel()
+        fused = kernels() if 0 < keep < n and usable(s, out) and (w is None or usable(w)) else None
+        if fused is not None:
+            flat = s.numpy().reshape(-1)
+            if n <= _SMALL:
+                a = np.abs(flat)
+                t: float | None = float(np.partition(a, n - keep)[n - keep])
+            elif self._warm(n):
+                t = self._from_candidates(np.abs(flat[self._candidates]), keep)
+            else:
+                t = None
+            if t is not None:
+                count, total = fused.topk_mask(s, t, out, w)
+                if count == keep:  # else ties at t, or the candidates went stale
+                    return total
+        self.select(torch.abs(s, out=scratch).view(-1), keep, out)
+        return None
 
     def select(self, a: torch.Tensor, keep: int, out: torch.Tensor) -> None:
         """Write the mask of the `keep` largest entries of flat `a` into `out` (ties by index).
@@ -46,8 +87,18 @@ class Selector:
             out.fill_(1 if keep >= n else 0)
             return
         flat = out.view(-1)
+        if a.is_cpu and n <= _SMALL:  # numpy end to end: per-call overhead dominates here
+            self._select_small(a.detach().numpy().reshape(-1), keep, flat)
+            return
         if a.is_cpu:
-            t, n_ge = self._threshold_cpu(a.detach().numpy(), keep)
+            an = a.detach().numpy()
+            if self._warm(n) and out.dtype != torch.bool:
+                t = self._from_candidates(an[self._candidates], keep)
+                if t is not None:
+                    torch.ge(a, t, out=flat)
+                    if _count(flat) == keep:
+                        return
+            t, n_ge = self._threshold_cpu(an, keep)
         else:
             t = a.kthvalue(n - keep + 1).values
             n_ge = int((a >= t).sum())
@@ -58,6 +109,15 @@ class Selector:
         else:
             torch.ge(a, t, out=flat)  # float masks: multithreaded, unlike numpy's casting path
 
+    @staticmethod
+    def _select_small(a: np.ndarray, keep: int, out: torch.Tensor) -> None:
+        j = a.size - keep
+        t = np.partition(a, j)[j]
+        flat = out.numpy()
+        np.greater_equal(a, t, out=flat)
+        if np.count_nonzero(flat) != keep:
+            out.copy_(_break_ties(torch.from_numpy(a), float(t), keep))
+
     def mask(self, a: torch.Tensor, keep: int) -> torch.Tensor:
         """Bool mask of the `keep` largest entries of the flat tensor `a` (ties by index)."""
         out = torch.empty(a.numel(), dtype=torch.bool, device=a.device)
@@ -65,12 +125,21 @@ class Selector:
         return out
 
     # -- CPU path ------------------------------------------------------------------------------
+    def _warm(self, n: int) -> bool:
+        return self._candidates is not None and self._above is not None and self._above.size == n
+
+    def _from_candidates(self, values: np.ndarray, keep: int) -> float | None:
+        """The threshold if the K-th largest value is still among the candidates' `values`."""
+        need = keep - self._candidates_above
+        if not 0 < need <= values.size:
+            return None
+        j = values.size - need
+        self.threshold = float(np.partition(values, j)[j])
+        return self.threshold  # also the next bracket's centre
+
     def _threshold_cpu(self, a: np.ndarray, keep: int) -> tuple[float, int]:
         """(t, count(a >= t)) with t the keep-th largest value of a."""
         n = a.size
-        if n <= _SMALL:
-            t = np.partition(a, n - keep)[n - keep]
-            return float(t), int(np.count_nonzero(a >= t))
         if self._above is None or self._above.size != n:
             self._above, self._band = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
         above_hi, band = self._above, self._band
@@ -81,17 +150,32 @@ class Selector:
             if above < keep:
                 np.greater_equal(a, lo, out=band)
                 np.logical_xor(band, above_hi, out=band)  # lo <= a <= hi
-                values = a[band]
+                candidates = np.flatnonzero(band)
+                values = a[candidates]
                 need = keep - above  # the need-th largest value inside the band
                 if need <= values.size:
                     j = values.size - need
-                    values = np.partition(values, j)
-                    t = values[j]
+                    t = np.partition(values, j)[j]
                     self._adapt(float(t), values.size, lo, hi)
+                    self._keep_candidates(candidates, values, j, above)
                     return float(t), above + int(np.count_nonzero(values >= t))
-            self.threshold = None  # the bracket missed: go cold, and wider
+            self.threshold = self._candidates = None  # the bracket missed: go cold, and wider
         t = np.partition(a, n - keep)[n - keep]
         return float(t), int(np.count_nonzero(a >= t))
+
+    def _keep_candidates(
+        self, candidates: np.ndarray, values: np.ndarray, j: int, above: int
+    ) -> None:
+        """Keep the band's `_NEAR` values on either side of rank j as the next candidates.
+
+        A cold bracket can hold thousands of values; partitioning them every step would cost
+        more than the bracket pass it saves.
+        """
+        lo, hi = j - _NEAR, j + _NEAR
+        if lo > 0 and hi < values.size - 1:
+            near = np.argpartition(values, (lo, hi))[lo : hi + 1]
+            candidates, above = candidates[near], above + values.size - hi - 1
+        self._candidates, self._candidates_above = candidates, above
 
     def _bracket(self, a: np.ndarray, keep: int, attempt: int) -> tuple[float, float]:
         if self.threshold is not None and attempt == 0:
@@ -122,6 +206,12 @@ class Selector:
             self.threshold = t
         else:
             self.threshold = None
+
+
+def _count(mask: torch.Tensor) -> int:
+    """Ones in a 0/1 float mask. A float32 sum is exact below 2**24 elements and ~40x faster
+    than `count_nonzero` on CPU."""
+    return int(mask.sum() if mask.numel() < 2**24 else mask.sum(dtype=torch.float64))
 
 
 def _break_ties(a: torch.Tensor, t: torch.Tensor | float, keep: int) -> torch.Tensor:

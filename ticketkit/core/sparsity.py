@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ticketkit.core.binarize import scale_of
+from ticketkit.core.kernels import kernels, usable
 from ticketkit.core.rules import Fixed, MaskRule, abs_grad
 from ticketkit.errors import UsageError
 
@@ -87,15 +88,25 @@ class _ScoreSTE(torch.autograd.Function):
         n = len(params)
         gws: list[torch.Tensor | None] = [None] * n
         gss: list[torch.Tensor | None] = [None] * n
-        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-            w, s, mask = saved[i], saved[n + i], saved[2 * n + i]
+        for i, p in enumerate(params):
             if need[i] and not p.binary:
-                gws[i] = g * mask
-            if need[n + i]:
-                gs = p.relax_grad(s).mul_(w).mul_(g)
-                if p.ig:
-                    gs.addcmul_(mask, g * g, value=-p.ig)
-                gss[i] = gs
+                gws[i] = grads[i] * saved[2 * n + i]
+        scored = [i for i in range(n) if need[n + i]]
+        fused = kernels() if scored and params[scored[0]].relax_grad is abs_grad else None
+        if fused is not None:  # g*W*sign(s) in one pass per layer
+            for i in [i for i in scored if not params[i].ig and usable(saved[i], saved[n + i])]:
+                gss[i] = fused.score_grad(grads[i], saved[i], saved[n + i])
+            scored = [i for i in scored if gss[i] is None]
+        if scored:  # g*W*relax'(s) for all layers in three calls, not three per layer
+            relax = params[scored[0]].relax_grad  # one rule per model: the same for every layer
+            s = [saved[n + i] for i in scored]
+            gs = torch._foreach_sign(s) if relax is abs_grad else [relax(x) for x in s]
+            torch._foreach_mul_(gs, [saved[i] for i in scored])
+            torch._foreach_mul_(gs, [grads[i] for i in scored])
+            for i, g in zip(scored, gs, strict=True):
+                if params[i].ig:
+                    g.addcmul_(saved[2 * n + i], grads[i] * grads[i], value=-params[i].ig)
+                gss[i] = g
         return (None, None, *gws, *gss)
 
 
@@ -103,8 +114,9 @@ class MaskedWeight(nn.Module):
     """The parametrization of one prunable weight: its mask, optional scores and binary scale.
 
     During a forward of the model it belongs to, the effective weight was already computed for
-    all layers at once (`Sparsifier`) and is handed out from `stash`; called on its own (a
-    submodule run directly, activation checkpointing) it computes its own.
+    all layers at once (`Sparsifier`) and the module's `weight` property hands it out without
+    calling this; called on its own (a submodule run directly, activation checkpointing) it
+    computes its own.
     """
 
     def __init__(
@@ -124,7 +136,6 @@ class MaskedWeight(nn.Module):
         self._cache: tuple[tuple[object, ...], torch.Tensor, torch.Tensor] | None = None
         # scratch space of the weight's shape for mask rules; follows .to(), not saved
         self.register_buffer("scratch", torch.empty_like(weight), persistent=False)
-        self.stash: torch.Tensor | None = None
 
     def signs(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sign(W), |W|), cached while W is unchanged (random-weight methods never change it).
@@ -147,8 +158,6 @@ class MaskedWeight(nn.Module):
         return torch.mul(signs, self.mask).mul_(self.alpha)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if self.stash is not None:
-            return self.stash
         if self.scores is not None and torch.is_grad_enabled():
             return _ScoreSTE.apply((self,), True, w, self.scores)[0]
         return self.effective(w)
@@ -168,6 +177,7 @@ class Layer:
     weight: torch.Tensor = field(init=False)  # the stored (original) weight, before masking
     scores: torch.Tensor | None = field(init=False)
     numel: int = field(init=False)
+    kept_magnitude: float | None = None  # sum(|W| m), from a rule that computed it on the way
 
     def __post_init__(self) -> None:
         self.param = self.module.parametrizations.weight[0]  # type: ignore[index,assignment]
@@ -226,6 +236,7 @@ class Sparsifier:
         scored = [layer for layer in layers if layer.scores is not None]
         # the score node's inputs: Parameters keep their identity, so these are built once
         self._scored = tuple(layer.param for layer in scored)
+        self._scored_modules = tuple(layer.module for layer in scored)
         self._scored_inputs = (
             *(layer.weight for layer in scored),
             *(layer.scores for layer in scored),
@@ -259,6 +270,7 @@ class Sparsifier:
             p = MaskedWeight(module.weight.detach(), scores=scores, binary=binary, alpha=alpha)
             p.relax_grad = rule.relax_grad
             parametrize.register_parametrization(module, "weight", p, unsafe=True)
+            _hand_out_stash(module)
             layers.append(Layer(path, module))
         if not layers:
             raise UsageError(
@@ -287,12 +299,12 @@ class Sparsifier:
         self.refresh(training=module.training)
         if self._scored and torch.is_grad_enabled():
             w_effs = _ScoreSTE.apply(self._scored, False, *self._scored_inputs)
-            for param, w_eff in zip(self._scored, w_effs, strict=True):
-                _set_stash(param, w_eff)
+            for layer_module, w_eff in zip(self._scored_modules, w_effs, strict=True):
+                layer_module.__dict__[_STASH] = w_eff
 
     def _after_forward(self, module: nn.Module, args: object, output: object) -> None:
-        for param in self._scored:
-            _set_stash(param, None)
+        for layer_module in self._scored_modules:
+            layer_module.__dict__[_STASH] = None
 
     def refresh(self, training: bool = False, force: bool = False) -> None:
         """Recompute masks (and binary scales) if anything they depend on changed."""
@@ -309,9 +321,12 @@ class Sparsifier:
         self.rule.update(self.layers, training)
         with torch.no_grad():
             for layer in self.layers:
-                if layer.param.binary:
-                    magnitudes = layer.param.signs(layer.weight)[1]
-                    scale_of(magnitudes, layer.mask, layer.param.alpha, layer.param.kept)
+                param = layer.param
+                if param.binary and layer.kept_magnitude is not None and param.kept:
+                    param.alpha.fill_(layer.kept_magnitude / param.kept)
+                elif param.binary:
+                    scale_of(param.signs(layer.weight)[1], layer.mask, param.alpha, param.kept)
+                layer.kept_magnitude = None  # used once: a later rule may not set it
         self._seen, self._steps, self._mode = versions, _steps, training  # rules never touch scores
 
     def freeze(self) -> None:
@@ -338,9 +353,28 @@ class Sparsifier:
             model._ticketkit_sparsifier = None  # type: ignore[assignment]
 
 
-def _set_stash(param: MaskedWeight, value: torch.Tensor | None) -> None:
-    # a plain attribute, set without nn.Module.__setattr__'s type checks (six calls per forward)
-    object.__setattr__(param, "stash", value)
+_STASH = "_ticketkit_weight"  # a layer's W_eff during a forward of its model, else None
+
+
+def _hand_out_stash(module: nn.Module) -> None:
+    """Make `module.weight` return the stashed W_eff when there is one.
+
+    parametrize gives each parametrized module its own class with a `weight` property that runs
+    the parametrization through two module calls (~10 us). During a forward the Sparsifier has
+    already computed W_eff, so the property is wrapped to return it directly; outside a forward
+    the stash is None and parametrize's own getter runs. The class is private to this module
+    instance and goes away with `remove_parametrizations`.
+    """
+    cls = type(module)
+    prop = cls.__dict__["weight"]
+    fget = prop.fget
+
+    def weight(self: nn.Module) -> torch.Tensor:
+        w = self.__dict__.get(_STASH)
+        return w if w is not None else fget(self)
+
+    cls.weight = property(weight, prop.fset)  # type: ignore[attr-defined]
+    module.__dict__[_STASH] = None
 
 
 def sparsifier_of(model: nn.Module) -> Sparsifier | None:

@@ -1,0 +1,127 @@
+"""Fused CPU kernels for score-based masks, compiled on first use; eager PyTorch otherwise.
+
+A biprop step on a small model is bound by elementwise passes over the weights, not by
+arithmetic: eager PyTorch makes about a dozen per layer and step (|s|, the mask, the count
+that proves it exact, alpha's dot product, g * W * sign(s) in three more). `kernels.c` does
+the mask, its count and sum(|W| m) in one pass and the score gradient in another, with OpenMP
+threads shared with PyTorch's own pool.
+
+The C file is compiled once per machine with the system C compiler (`cc`, or `$CC`) into
+`$TICKETKIT_CACHE` (default `~/.cache/ticketkit`), atomically, so concurrent `torchrun`
+workers are safe. Without a compiler, or with `TICKETKIT_KERNELS=0`, every caller falls back
+to the eager path, which computes the same masks and gradients.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+_FLAGS = (
+    ("-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno"),
+    ("-O3", "-fPIC", "-shared", "-fno-math-errno"),  # compilers without OpenMP: one thread
+)
+
+
+class Kernels:
+    """The compiled library, with tensor-level wrappers that check what they are given."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._mask = lib.tk_topk_mask
+        self._mask.restype = ctypes.c_int64
+        self._mask.argtypes = [ctypes.c_void_p] * 3 + [
+            ctypes.c_int64,
+            ctypes.c_float,
+            ctypes.POINTER(ctypes.c_double),
+        ]
+        self._grad = lib.tk_score_grad
+        self._grad.restype = None
+        self._grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64]
+        self._total = ctypes.c_double()
+
+    def topk_mask(
+        self, s: torch.Tensor, t: float, out: torch.Tensor, w: torch.Tensor | None = None
+    ) -> tuple[int, float | None]:
+        """out = (|s| >= t) as 0/1 floats; returns (its count, sum(|w| * out) if w is given).
+
+        The caller checks `usable` and that the sizes agree (this runs every step per layer).
+        """
+        count = self._mask(
+            s.data_ptr(),
+            w.data_ptr() if w is not None else None,
+            out.data_ptr(),
+            s.numel(),
+            t,
+            ctypes.byref(self._total),
+        )
+        if count < 0:
+            raise MemoryError("tk_topk_mask")
+        return int(count), (self._total.value if w is not None else None)
+
+    def score_grad(self, g: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """g * w * sign(s) in one pass (w and s `usable`, checked by the caller)."""
+        g = g.contiguous()
+        out = torch.empty_like(g)
+        self._grad(g.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), g.numel())
+        return out
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can take these tensors: contiguous float32 on the CPU."""
+    for t in tensors:
+        if not (t.is_cpu and t.dtype == torch.float32 and t.is_contiguous()):
+            return False
+    return True
+
+
+@cache
+def kernels() -> Kernels | None:
+    """The compiled kernels, or None (disabled, or no working C compiler)."""
+    if os.environ.get("TICKETKIT_KERNELS", "1") == "0":
+        return None
+    source = resources.files("ticketkit.core").joinpath("kernels.c").read_bytes()
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    cache_dir = Path(os.environ.get("TICKETKIT_CACHE") or Path.home() / ".cache" / "ticketkit")
+    for flags in _FLAGS:
+        key = hashlib.sha256(
+            source + " ".join((compiler, *flags, platform.machine())).encode()
+        ).hexdigest()[:16]
+        path = cache_dir / f"kernels-{key}.so"
+        if path.exists() or _compile(compiler, flags, source, path):
+            try:
+                return Kernels(ctypes.CDLL(str(path)))
+            except OSError:
+                continue
+    return None
+
+
+def _compile(compiler: str, flags: tuple[str, ...], source: bytes, path: Path) -> bool:
+    """Compile into a temporary file and rename it into place; False on any failure."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            src, lib = Path(tmp) / "kernels.c", Path(tmp) / path.name
+            src.write_bytes(source)
+            done = subprocess.run(
+                [compiler, *flags, str(src), "-o", str(lib), "-lm"],
+                capture_output=True,
+                timeout=120,
+            )
+            if done.returncode != 0:
+                return False
+            os.replace(lib, path)
+        return True
+    except (OSError, subprocess.SubprocessError):
+        return False
