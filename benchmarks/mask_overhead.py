@@ -3,10 +3,11 @@
 Same architecture, batch, data and thread count; the dense step trains the weights with SGD,
 the biprop step trains the scores (top-k selection, binarisation, straight-through backward).
 Steppers run in alternating rounds (so machine drift hits all of them) and the median step
-time of each is compared. Also shown: the same biprop step with a plain `torch.kthvalue`
+time of each is compared. Also shown: the same biprop step on the eager path (`eager`: no
+compiled kernels, what a machine without a C compiler runs), with a plain `torch.kthvalue`
 threshold, with a full sort per step (what the reference code does), and, for the mlp, the
-same step written by hand without ticketkit (`minimal`): the floor for this arithmetic in eager
-PyTorch, which separates what the framework costs from what the method costs.
+same step written by hand in eager PyTorch without ticketkit (`minimal`): the floor for this
+arithmetic without fused kernels.
 
     python benchmarks/mask_overhead.py [--batch 128] [--steps 10] [--rounds 9] [--threads N]
 """
@@ -14,12 +15,15 @@ PyTorch, which separates what the framework costs from what the method costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+import ticketkit.core.select as select_module
+import ticketkit.core.sparsity as sparsity_module
 from ticketkit.core.data import InputSpec
 from ticketkit.core.model import build_model
 from ticketkit.core.select import Selector, kept_count
@@ -27,7 +31,14 @@ from ticketkit.plugin import Setup
 from ticketkit.plugins.methods.biprop import Biprop, BipropOptions
 
 
-class KthvalueSelector(Selector):
+class _ReplacedSelector(Selector):
+    """A selection replaced by `select` alone: no warm candidates, no fused mask pass."""
+
+    def top_abs(self, s, keep, out, scratch, w=None):
+        self.select(torch.abs(s, out=scratch).view(-1), keep, out)
+
+
+class KthvalueSelector(_ReplacedSelector):
     """A plain `torch.kthvalue` threshold (ignores ties): the obvious implementation."""
 
     def select(self, a, keep, out):
@@ -35,7 +46,7 @@ class KthvalueSelector(Selector):
         out.view(-1).copy_(a >= t)
 
 
-class SortSelector(Selector):
+class SortSelector(_ReplacedSelector):
     """A full sort per step, as the reference code does."""
 
     def select(self, a, keep, out):
@@ -103,14 +114,20 @@ class MinimalMLP(torch.nn.Module):
 
 
 class Stepper:
-    """Runs SGD steps of one model on a fixed batch."""
+    """Runs SGD steps of one model on a fixed batch (`eager`: without the compiled kernels)."""
 
-    def __init__(self, model, x, y):
-        self.model, self.x, self.y = model, x, y
+    def __init__(self, model, x, y, eager: bool = False):
+        self.model, self.x, self.y, self.eager = model, x, y, eager
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def __call__(self, steps: int) -> float:
+        if not self.eager:
+            return self._run(steps)
+        with _without_kernels():
+            return self._run(steps)
+
+    def _run(self, steps: int) -> float:
         began = time.perf_counter()
         for _ in range(steps):
             loss = F.cross_entropy(self.model(self.x), self.y)
@@ -118,6 +135,17 @@ class Stepper:
             loss.backward()
             self.opt.step()
         return (time.perf_counter() - began) / steps
+
+
+@contextlib.contextmanager
+def _without_kernels():
+    """Make ticketkit take its eager path, as on a machine without a C compiler."""
+    saved = select_module.kernels, sparsity_module.kernels
+    select_module.kernels = sparsity_module.kernels = lambda: None
+    try:
+        yield
+    finally:
+        select_module.kernels, sparsity_module.kernels = saved
 
 
 def interleaved(steppers: dict[str, Stepper], steps: int, rounds: int) -> dict[str, float]:
@@ -156,8 +184,8 @@ def main() -> None:
         f"median of {args.rounds} interleaved rounds"
     )
     print(
-        f"{'arch':6} {'dense ms':>9} {'biprop ms':>10} {'ratio':>6} {'kthvalue':>9} {'sort':>6} "
-        f"{'minimal':>8}"
+        f"{'arch':6} {'dense ms':>9} {'biprop ms':>10} {'ratio':>6} {'eager':>6} {'kthvalue':>9} "
+        f"{'sort':>6} {'minimal':>8}"
     )
     for arch in args.archs.split(","):
         torch.manual_seed(0)
@@ -168,6 +196,7 @@ def main() -> None:
         steppers = {
             "dense": Stepper(dense_model, x, y),
             "biprop": Stepper(biprop_model(arch, spec), x, y),
+            "eager": Stepper(biprop_model(arch, spec), x, y, eager=True),
             "kthvalue": Stepper(biprop_model(arch, spec, KthvalueSelector), x, y),
             "sort": Stepper(biprop_model(arch, spec, SortSelector), x, y),
         }
@@ -178,7 +207,8 @@ def main() -> None:
         minimal = f"{t['minimal'] / dense:8.3f}" if "minimal" in t else f"{'-':>8}"
         print(
             f"{arch:6} {dense * 1e3:9.2f} {t['biprop'] * 1e3:10.2f} {t['biprop'] / dense:6.3f} "
-            f"{t['kthvalue'] / dense:9.3f} {t['sort'] / dense:6.3f} {minimal}"
+            f"{t['eager'] / dense:6.3f} {t['kthvalue'] / dense:9.3f} {t['sort'] / dense:6.3f} "
+            f"{minimal}"
         )
 
 

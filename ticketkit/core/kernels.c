@@ -9,7 +9,7 @@
 #include <stdlib.h>
 
 #define BLOCK 4096
-#define PARALLEL 65536 /* below this, waking the OpenMP threads costs more than it saves */
+#define PARALLEL 8192 /* below this, waking the OpenMP threads costs more than it saves */
 
 /* m[i] = |s[i]| >= t (1.0 or 0.0). Returns the number of ones, and, when w is not NULL,
  * stores sum(|w[i]| * m[i]) in *total. Returns -1 if out of memory. */

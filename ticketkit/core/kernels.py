@@ -47,7 +47,6 @@ class Kernels:
         self._grad = lib.tk_score_grad
         self._grad.restype = None
         self._grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64]
-        self._total = ctypes.c_double()
 
     def topk_mask(
         self, s: torch.Tensor, t: float, out: torch.Tensor, w: torch.Tensor | None = None
@@ -56,17 +55,18 @@ class Kernels:
 
         The caller checks `usable` and that the sizes agree (this runs every step per layer).
         """
+        total = ctypes.c_double()  # per call: layers may be masked from several threads
         count = self._mask(
             s.data_ptr(),
             w.data_ptr() if w is not None else None,
             out.data_ptr(),
             s.numel(),
             t,
-            ctypes.byref(self._total),
+            ctypes.byref(total),
         )
         if count < 0:
             raise MemoryError("tk_topk_mask")
-        return int(count), (self._total.value if w is not None else None)
+        return int(count), (total.value if w is not None else None)
 
     def score_grad(self, g: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """g * w * sign(s) in one pass (w and s `usable`, checked by the caller)."""

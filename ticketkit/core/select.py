@@ -171,10 +171,10 @@ class Selector:
         A cold bracket can hold thousands of values; partitioning them every step would cost
         more than the bracket pass it saves.
         """
-        lo, hi = j - _NEAR, j + _NEAR
-        if lo > 0 and hi < values.size - 1:
-            near = np.argpartition(values, (lo, hi))[lo : hi + 1]
-            candidates, above = candidates[near], above + values.size - hi - 1
+        lo, hi = max(j - _NEAR, 0), min(j + _NEAR, values.size - 1)
+        if lo > 0 or hi < values.size - 1:
+            near = np.argpartition(values, [r for r in (lo, hi) if 0 < r < values.size - 1])
+            candidates, above = candidates[near[lo : hi + 1]], above + values.size - hi - 1
         self._candidates, self._candidates_above = candidates, above
 
     def _bracket(self, a: np.ndarray, keep: int, attempt: int) -> tuple[float, float]:

@@ -1,0 +1,80 @@
+"""The fused CPU kernels against the eager PyTorch they replace."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ticketkit.core import kernels as kernels_module
+from ticketkit.core.kernels import kernels
+
+pytestmark = pytest.mark.skipif(kernels() is None, reason="no C compiler: eager path only")
+
+
+@pytest.mark.parametrize("n", [1, 4095, 4097, 300_000])
+def test_topk_mask_matches_eager(n):
+    gen = torch.Generator().manual_seed(n)
+    s, w = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    t = float(s.abs().median())
+    out = torch.empty(n)
+    count, total = kernels().topk_mask(s, t, out, w)
+    expected = (s.abs() >= t).float()
+    assert torch.equal(out, expected) and count == int(expected.sum())
+    reference = float((w.double().abs() * expected.double()).sum())
+    assert total == pytest.approx(reference, rel=1e-6)
+    assert kernels().topk_mask(s, t, out) == (count, None)  # no weights: no sum
+
+
+def test_topk_mask_is_deterministic_across_thread_counts():
+    gen = torch.Generator().manual_seed(0)
+    s, w = torch.randn(500_000, generator=gen), torch.randn(500_000, generator=gen)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = torch.empty_like(s)
+            results.append((kernels().topk_mask(s, 0.7, out, w), out))
+    finally:
+        torch.set_num_threads(threads)
+    (first, m1), (second, m2) = results
+    assert first == second and torch.equal(m1, m2)
+
+
+def test_score_grad_is_bitwise_the_eager_formula():
+    gen = torch.Generator().manual_seed(1)
+    g, w, s = (torch.randn(70_000, generator=gen) for _ in range(3))
+    s[:10] = 0.0  # sign(0) = 0, as torch.sign
+    fused = kernels().score_grad(g, w, s)
+    assert torch.equal(fused, torch.sign(s).mul_(w).mul_(g))
+    # a non-contiguous gradient is made contiguous first
+    g2 = torch.randn(20, 30, generator=gen).t()
+    w2, s2 = torch.randn(30, 20, generator=gen), torch.randn(30, 20, generator=gen)
+    assert torch.equal(kernels().score_grad(g2, w2, s2), torch.sign(s2) * w2 * g2)
+
+
+def test_usable_only_for_contiguous_float32_on_cpu():
+    x = torch.zeros(4, 4)
+    assert kernels_module.usable(x, x)
+    assert not kernels_module.usable(x, x.t())
+    assert not kernels_module.usable(x.double())
+
+
+def _kernels_in_subprocess(env: dict[str, str]) -> str:
+    code = "from ticketkit.core.kernels import kernels; print(kernels() is not None)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_disabled_or_without_a_compiler_everything_falls_back(tmp_path, monkeypatch):
+    import os
+
+    base = {**os.environ, "TICKETKIT_CACHE": str(tmp_path / "cache")}
+    assert _kernels_in_subprocess({**base, "TICKETKIT_KERNELS": "0"}) == "False"
+    assert _kernels_in_subprocess({**base, "CC": "false"}) == "False"
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written left behind
+    assert _kernels_in_subprocess(base) == "True"
+    assert len(list((tmp_path / "cache").glob("kernels-*.so"))) == 1
