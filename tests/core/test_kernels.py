@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,33 +13,58 @@ from ticketkit.core.kernels import kernels
 pytestmark = pytest.mark.skipif(kernels() is None, reason="no C compiler: eager path only")
 
 
+def _top(s, need, w=None, idx=None):
+    out = torch.empty_like(s)
+    buf = np.empty(s.numel() if idx is None else idx.size, dtype=np.float32)
+    t, count, total = kernels().topk_from(s, need, out, w, buf, idx)
+    return t, count, total, out
+
+
 @pytest.mark.parametrize("n", [1, 4095, 4097, 300_000])
-def test_topk_mask_matches_eager(n):
+def test_topk_from_matches_a_sort(n):
     gen = torch.Generator().manual_seed(n)
     s, w = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
-    t = float(s.abs().median())
-    out = torch.empty(n)
-    count, total = kernels().topk_mask(s, t, out, w)
+    keep = max(n // 3, 1)
+    t, count, total, out = _top(s, keep, w)
+    assert t == float(s.abs().sort(descending=True).values[keep - 1])
     expected = (s.abs() >= t).float()
-    assert torch.equal(out, expected) and count == int(expected.sum())
+    assert torch.equal(out, expected) and count == keep == int(expected.sum())
     reference = float((w.double().abs() * expected.double()).sum())
     assert total == pytest.approx(reference, rel=1e-6)
-    assert kernels().topk_mask(s, t, out) == (count, None)  # no weights: no sum
+    assert _top(s, keep)[2] is None  # no weights: no sum
 
 
-def test_topk_mask_is_deterministic_across_thread_counts():
+def test_topk_from_candidates_takes_the_threshold_among_them():
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(100_000, generator=gen)
+    order = s.abs().argsort(descending=True)
+    keep = 30_000
+    # the candidates: ranks 29,000 .. 30,999, in memory order; 28,999 values are above them
+    idx = order[29_000:31_000].sort().values.numpy().astype(np.int64)
+    t, count, _, out = _top(s, keep - 29_000, idx=idx)
+    assert t == float(s.abs()[order[keep - 1]]) and count == keep
+    assert torch.equal(out.bool(), s.abs() >= t)
+
+
+def test_ties_show_up_in_the_count():
+    s = torch.tensor([3.0, -1.0, 1.0, 2.0, 1.0])
+    t, count, _, out = _top(s, 3)
+    assert t == 1.0 and count == 5  # three tied at t: the caller breaks the tie
+    assert out.tolist() == [1.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_topk_from_is_deterministic_across_thread_counts():
     gen = torch.Generator().manual_seed(0)
     s, w = torch.randn(500_000, generator=gen), torch.randn(500_000, generator=gen)
     threads = torch.get_num_threads()
-    results = []
     try:
+        results = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            out = torch.empty_like(s)
-            results.append((kernels().topk_mask(s, 0.7, out, w), out))
+            results.append(_top(s, 123_456, w))
     finally:
         torch.set_num_threads(threads)
-    (first, m1), (second, m2) = results
+    (*first, m1), (*second, m2) = results
     assert first == second and torch.equal(m1, m2)
 
 

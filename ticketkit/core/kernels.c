@@ -13,7 +13,7 @@
 
 /* m[i] = |s[i]| >= t (1.0 or 0.0). Returns the number of ones, and, when w is not NULL,
  * stores sum(|w[i]| * m[i]) in *total. Returns -1 if out of memory. */
-int64_t tk_topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
+static int64_t topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
                      int64_t n, float t, double *total) {
     int64_t blocks = (n + BLOCK - 1) / BLOCK;
     float *sums = w ? malloc(sizeof(float) * (size_t)(blocks ? blocks : 1)) : NULL;
@@ -59,4 +59,50 @@ void tk_score_grad(const float *restrict g, const float *restrict w, const float
         float sign = (float)((s[i] > 0.f) - (s[i] < 0.f));
         out[i] = sign * w[i] * g[i];
     }
+}
+
+/* The element of rank j (0-based, ascending) of v[0..n), by quickselect; reorders v. */
+static float select_rank(float *v, int64_t n, int64_t j) {
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = v[lo + (hi - lo) / 2];
+        int64_t i = lo, k = hi;
+        while (i <= k) {
+            while (v[i] < pivot) i++;
+            while (v[k] > pivot) k--;
+            if (i <= k) {
+                float tmp = v[i];
+                v[i++] = v[k];
+                v[k--] = tmp;
+            }
+        }
+        if (j <= k)
+            hi = k;
+        else if (j >= i)
+            lo = i;
+        else
+            return v[j];
+    }
+    return v[j];
+}
+
+/* The need-th largest of |s[idx[i]]| for i < n (of |s[i]| if idx is NULL), 1 <= need <= n.
+ * buf holds n floats of scratch. */
+static float nth_largest_abs(const float *restrict s, const int64_t *restrict idx, int64_t n,
+                         int64_t need, float *restrict buf) {
+    if (idx)
+        for (int64_t i = 0; i < n; i++) buf[i] = fabsf(s[idx[i]]);
+    else
+        for (int64_t i = 0; i < n; i++) buf[i] = fabsf(s[i]);
+    return select_rank(buf, n, n - need);
+}
+
+/* The mask of the largest |s| at t = the need-th largest of |s[idx[i]]|, i < candidates (of
+ * all |s| if idx is NULL): one call per layer and step. *t receives the threshold; the return
+ * value and *total are topk_mask's. buf holds `candidates` floats of scratch. */
+int64_t tk_topk_from(const float *restrict s, const float *restrict w, float *restrict m,
+                     int64_t n, const int64_t *restrict idx, int64_t candidates, int64_t need,
+                     float *restrict buf, float *t, double *total) {
+    *t = nth_largest_abs(s, idx, candidates, need, buf);
+    return topk_mask(s, w, m, n, *t, total);
 }

@@ -25,6 +25,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 _FLAGS = (
@@ -34,39 +35,48 @@ _FLAGS = (
 
 
 class Kernels:
-    """The compiled library, with tensor-level wrappers that check what they are given."""
+    """The compiled library behind thin tensor-level wrappers (callers check `usable`)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        self._mask = lib.tk_topk_mask
-        self._mask.restype = ctypes.c_int64
-        self._mask.argtypes = [ctypes.c_void_p] * 3 + [
-            ctypes.c_int64,
-            ctypes.c_float,
-            ctypes.POINTER(ctypes.c_double),
-        ]
+        self._from = lib.tk_topk_from
+        self._from.restype = ctypes.c_int64
+        self._from.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
+        self._from.argtypes += [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
         self._grad = lib.tk_score_grad
         self._grad.restype = None
         self._grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64]
 
-    def topk_mask(
-        self, s: torch.Tensor, t: float, out: torch.Tensor, w: torch.Tensor | None = None
-    ) -> tuple[int, float | None]:
-        """out = (|s| >= t) as 0/1 floats; returns (its count, sum(|w| * out) if w is given).
+    def topk_from(
+        self,
+        s: torch.Tensor,
+        need: int,
+        out: torch.Tensor,
+        w: torch.Tensor | None,
+        buf: np.ndarray,
+        idx: np.ndarray | None = None,
+    ) -> tuple[float, int, float | None]:
+        """out = (|s| >= t) as 0/1 floats, t = the need-th largest |s| (of s[idx] if given).
 
-        The caller checks `usable` and that the sizes agree (this runs every step per layer).
+        Returns (t, count of ones, sum(|w| * out) if w is given). `buf` is float32 scratch of
+        len(idx) (or s.numel()) values, and 1 <= need <= that length. The caller checks
+        `usable` and the sizes: this runs every step for every layer.
         """
-        total = ctypes.c_double()  # per call: layers may be masked from several threads
-        count = self._mask(
+        t, total = ctypes.c_float(), ctypes.c_double()
+        count = self._from(
             s.data_ptr(),
             w.data_ptr() if w is not None else None,
             out.data_ptr(),
             s.numel(),
-            t,
+            idx.ctypes.data if idx is not None else None,
+            s.numel() if idx is None else idx.size,
+            need,
+            buf.ctypes.data,
+            ctypes.byref(t),
             ctypes.byref(total),
         )
         if count < 0:
-            raise MemoryError("tk_topk_mask")
-        return int(count), (total.value if w is not None else None)
+            raise MemoryError("tk_topk_from")
+        return t.value, int(count), (total.value if w is not None else None)
 
     def score_grad(self, g: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """g * w * sign(s) in one pass (w and s `usable`, checked by the caller)."""

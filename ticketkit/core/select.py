@@ -45,6 +45,7 @@ class Selector:
         self._band: np.ndarray | None = None
         self._candidates: np.ndarray | None = None  # indices near the last threshold
         self._candidates_above = 0  # how many values were above them then
+        self._scratch: np.ndarray | None = None
 
     def top_abs(
         self,
@@ -62,18 +63,15 @@ class Selector:
         n = s.numel()
         fused = kernels() if 0 < keep < n and usable(s, out) and (w is None or usable(w)) else None
         if fused is not None:
-            flat = s.numpy().reshape(-1)
+            count = -1
             if n <= _SMALL:
-                a = np.abs(flat)
-                t: float | None = float(np.partition(a, n - keep)[n - keep])
-            elif self._warm(n):
-                t = self._from_candidates(np.abs(flat[self._candidates]), keep)
-            else:
-                t = None
-            if t is not None:
-                count, total = fused.topk_mask(s, t, out, w)
-                if count == keep:  # else ties at t, or the candidates went stale
-                    return total
+                _, count, total = fused.topk_from(s, keep, out, w, self._buffer(n))
+            elif self._warm(n) and 0 < keep - self._candidates_above <= self._candidates.size:
+                need, buf = keep - self._candidates_above, self._buffer(self._candidates.size)
+                t, count, total = fused.topk_from(s, need, out, w, buf, self._candidates)
+                self.threshold = t  # the next bracket's centre
+            if count == keep:  # else ties at t, or the candidates went stale
+                return total
         self.select(torch.abs(s, out=scratch).view(-1), keep, out)
         return None
 
@@ -125,6 +123,12 @@ class Selector:
         return out
 
     # -- CPU path ------------------------------------------------------------------------------
+    def _buffer(self, n: int) -> np.ndarray:
+        """float32 scratch of at least n values for the kernels' partition, reused."""
+        if self._scratch is None or self._scratch.size < n:
+            self._scratch = np.empty(max(n, 2 * _NEAR + 1), dtype=np.float32)
+        return self._scratch
+
     def _warm(self, n: int) -> bool:
         return self._candidates is not None and self._above is not None and self._above.size == n
 
@@ -175,7 +179,8 @@ class Selector:
         if lo > 0 or hi < values.size - 1:
             near = np.argpartition(values, [r for r in (lo, hi) if 0 < r < values.size - 1])
             candidates, above = candidates[near[lo : hi + 1]], above + values.size - hi - 1
-        self._candidates, self._candidates_above = candidates, above
+        self._candidates = np.ascontiguousarray(candidates, dtype=np.int64)  # for the kernels
+        self._candidates_above = above
 
     def _bracket(self, a: np.ndarray, keep: int, attempt: int) -> tuple[float, float]:
         if self.threshold is not None and attempt == 0:
