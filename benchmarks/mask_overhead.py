@@ -10,6 +10,12 @@ same step written by hand in eager PyTorch without ticketkit (`minimal`): the fl
 arithmetic without fused kernels.
 
     python benchmarks/mask_overhead.py [--batch 128] [--steps 10] [--rounds 9] [--threads N]
+                                       [--archs conv4,mlp] [--lr 0.01]
+
+The learning rate matters for the selection: at a small one (late in a cosine schedule, or
+fine-grained score training) the threshold's neighbours of the last step still hold it and the
+warm path runs; at the recipes' 0.1 early in training scores jump across the threshold from
+anywhere and most steps take the full path.
 """
 
 from __future__ import annotations
@@ -116,10 +122,12 @@ class MinimalMLP(torch.nn.Module):
 class Stepper:
     """Runs SGD steps of one model on a fixed batch (`eager`: without the compiled kernels)."""
 
+    lr = 0.01
+
     def __init__(self, model, x, y, eager: bool = False):
         self.model, self.x, self.y, self.eager = model, x, y, eager
         params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+        self.opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=1e-4)
 
     def __call__(self, steps: int) -> float:
         if not self.eager:
@@ -176,11 +184,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--archs", default="conv4,mlp")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=Stepper.lr,
+        help="SGD learning rate: how far scores move per step (the recipes start at 0.1)",
+    )
     args = parser.parse_args()
+    Stepper.lr = args.lr
     torch.set_num_threads(args.threads)
     spec = InputSpec(1, 28, 28, 10)  # Fashion-MNIST shape
     print(
         f"batch {args.batch}, {args.threads} threads, torch {torch.__version__}, k=0.5, "
+        f"lr {args.lr}, "
         f"median of {args.rounds} interleaved rounds"
     )
     print(

@@ -13,7 +13,7 @@
 
 /* m[i] = |s[i]| >= t (1.0 or 0.0). Returns the number of ones, and, when w is not NULL,
  * stores sum(|w[i]| * m[i]) in *total. Returns -1 if out of memory. */
-static int64_t topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
+int64_t tk_topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
                      int64_t n, float t, double *total) {
     int64_t blocks = (n + BLOCK - 1) / BLOCK;
     float *sums = w ? malloc(sizeof(float) * (size_t)(blocks ? blocks : 1)) : NULL;
@@ -99,10 +99,10 @@ static float nth_largest_abs(const float *restrict s, const int64_t *restrict id
 
 /* The mask of the largest |s| at t = the need-th largest of |s[idx[i]]|, i < candidates (of
  * all |s| if idx is NULL): one call per layer and step. *t receives the threshold; the return
- * value and *total are topk_mask's. buf holds `candidates` floats of scratch. */
+ * value and *total are tk_topk_mask's. buf holds `candidates` floats of scratch. */
 int64_t tk_topk_from(const float *restrict s, const float *restrict w, float *restrict m,
                      int64_t n, const int64_t *restrict idx, int64_t candidates, int64_t need,
                      float *restrict buf, float *t, double *total) {
     *t = nth_largest_abs(s, idx, candidates, need, buf);
-    return topk_mask(s, w, m, n, *t, total);
+    return tk_topk_mask(s, w, m, n, *t, total);
 }

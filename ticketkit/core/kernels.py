@@ -38,6 +38,10 @@ class Kernels:
     """The compiled library behind thin tensor-level wrappers (callers check `usable`)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
+        self._at = lib.tk_topk_mask
+        self._at.restype = ctypes.c_int64
+        self._at.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_float]
+        self._at.argtypes += [ctypes.c_void_p]
         self._from = lib.tk_topk_from
         self._from.restype = ctypes.c_int64
         self._from.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
@@ -45,6 +49,26 @@ class Kernels:
         self._grad = lib.tk_score_grad
         self._grad.restype = None
         self._grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64]
+
+    def topk_at(
+        self, s: torch.Tensor, t: float, out: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[int, float | None]:
+        """out = (|s| >= t) as 0/1 floats; returns (count of ones, sum(|w| * out) if w given).
+
+        Unchecked, like `topk_from`.
+        """
+        total = ctypes.c_double()
+        count = self._at(
+            s.data_ptr(),
+            w.data_ptr() if w is not None else None,
+            out.data_ptr(),
+            s.numel(),
+            t,
+            ctypes.byref(total),
+        )
+        if count < 0:
+            raise MemoryError("tk_topk_mask")
+        return int(count), (total.value if w is not None else None)
 
     def topk_from(
         self,

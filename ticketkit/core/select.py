@@ -32,6 +32,7 @@ from ticketkit.core.kernels import kernels, usable
 _SMALL = 16384  # below this size a plain partition is already fast
 _SAMPLE = 8192
 _NEAR = 512  # candidates kept on either side of the threshold for the next step
+_MAX_BACKOFF = 32
 
 
 class Selector:
@@ -46,6 +47,8 @@ class Selector:
         self._candidates: np.ndarray | None = None  # indices near the last threshold
         self._candidates_above = 0  # how many values were above them then
         self._scratch: np.ndarray | None = None
+        self._backoff = 0  # steps to skip the candidates after the next failure / 2
+        self._skip = 0  # steps left to skip them
 
     def top_abs(
         self,
@@ -57,22 +60,35 @@ class Selector:
     ) -> float | None:
         """Write the float mask of the `keep` largest |s| into `out` (ties by index).
 
-        `scratch` (s's shape) receives |s| when the fused kernel cannot be used. Returns
-        sum(|w| * mask) when `w` is given and the fused kernel computed it on the way, else None.
+        `scratch` (s's shape) may receive |s|. Returns sum(|w| * mask) when `w` is given and
+        the fused kernel computed it on the way, else None.
         """
         n = s.numel()
         fused = kernels() if 0 < keep < n and usable(s, out) and (w is None or usable(w)) else None
-        if fused is not None:
-            count = -1
-            if n <= _SMALL:
-                _, count, total = fused.topk_from(s, keep, out, w, self._buffer(n))
-            elif self._warm(n) and 0 < keep - self._candidates_above <= self._candidates.size:
-                need, buf = keep - self._candidates_above, self._buffer(self._candidates.size)
-                t, count, total = fused.topk_from(s, need, out, w, buf, self._candidates)
-                self.threshold = t  # the next bracket's centre
-            if count == keep:  # else ties at t, or the candidates went stale
+        if fused is None:
+            self.select(torch.abs(s, out=scratch).view(-1), keep, out)
+            return None
+        if n <= _SMALL:
+            _, count, total = fused.topk_from(s, keep, out, w, self._buffer(n))
+            if count == keep:
                 return total
-        self.select(torch.abs(s, out=scratch).view(-1), keep, out)
+        elif self._try_warm(n, keep):
+            need, buf = keep - self._candidates_above, self._buffer(self._candidates.size)
+            t, count, total = fused.topk_from(s, need, out, w, buf, self._candidates)
+            if self._warm_result(count == keep, t):
+                return total
+        a = torch.abs(s, out=scratch).view(-1)
+        if n <= _SMALL:  # ties at the threshold
+            self.select(a, keep, out)
+            return None
+        t, n_ge = self._threshold_cpu(a.numpy(), keep)
+        if n_ge != keep:
+            out.view(-1).copy_(_break_ties(a, t, keep))
+            return None
+        count, total = fused.topk_at(s, t, out, w)
+        if count == keep:
+            return total
+        out.view(-1).copy_(_break_ties(a, t, keep))  # cannot happen: the same comparison
         return None
 
     def select(self, a: torch.Tensor, keep: int, out: torch.Tensor) -> None:
@@ -90,12 +106,11 @@ class Selector:
             return
         if a.is_cpu:
             an = a.detach().numpy()
-            if self._warm(n) and out.dtype != torch.bool:
+            if out.dtype != torch.bool and self._try_warm(n, keep):
                 t = self._from_candidates(an[self._candidates], keep)
-                if t is not None:
-                    torch.ge(a, t, out=flat)
-                    if _count(flat) == keep:
-                        return
+                torch.ge(a, t, out=flat)
+                if self._warm_result(_count(flat) == keep, t):
+                    return
             t, n_ge = self._threshold_cpu(an, keep)
         else:
             t = a.kthvalue(n - keep + 1).values
@@ -129,17 +144,34 @@ class Selector:
             self._scratch = np.empty(max(n, 2 * _NEAR + 1), dtype=np.float32)
         return self._scratch
 
-    def _warm(self, n: int) -> bool:
-        return self._candidates is not None and self._above is not None and self._above.size == n
+    def _try_warm(self, n: int, keep: int) -> bool:
+        """Whether to try the candidates: they exist for this size, can hold the K-th value,
+        and the last tries did not fail (early in training scores jump across the threshold
+        from anywhere, and a failed try costs a pass; after a failure, wait 1, 2, 4... steps)."""
+        if self._skip > 0:
+            self._skip -= 1
+            return False
+        c = self._candidates
+        return (
+            c is not None
+            and self._above is not None
+            and self._above.size == n
+            and 0 < keep - self._candidates_above <= c.size
+        )
 
-    def _from_candidates(self, values: np.ndarray, keep: int) -> float | None:
+    def _warm_result(self, exact: bool, t: float) -> bool:
+        """Record a try of the candidates; `exact`: its mask held exactly K values."""
+        if exact:
+            self.threshold, self._backoff = t, 0  # t: the next bracket's centre
+        else:
+            self._backoff = min(2 * self._backoff or 1, _MAX_BACKOFF)
+            self._skip = self._backoff
+        return exact
+
+    def _from_candidates(self, values: np.ndarray, keep: int) -> float:
         """The threshold if the K-th largest value is still among the candidates' `values`."""
-        need = keep - self._candidates_above
-        if not 0 < need <= values.size:
-            return None
-        j = values.size - need
-        self.threshold = float(np.partition(values, j)[j])
-        return self.threshold  # also the next bracket's centre
+        j = values.size - (keep - self._candidates_above)
+        return float(np.partition(values, j)[j])
 
     def _threshold_cpu(self, a: np.ndarray, keep: int) -> tuple[float, int]:
         """(t, count(a >= t)) with t the keep-th largest value of a."""
