@@ -1,5 +1,6 @@
 """The fused CPU kernels against the eager PyTorch they replace."""
 
+import math
 import subprocess
 import sys
 
@@ -13,59 +14,98 @@ from ticketkit.core.kernels import kernels
 pytestmark = pytest.mark.skipif(kernels() is None, reason="no C compiler: eager path only")
 
 
-def _top(s, need, w=None, idx=None):
+def _small(s, keep, w=None, idx=None):
     out = torch.empty_like(s)
     buf = np.empty(s.numel() if idx is None else idx.size, dtype=np.float32)
-    t, count, total = kernels().topk_from(s, need, out, w, buf, idx)
-    return t, count, total, out
+    count, t, total = kernels().topk_among(s, keep, out, w, buf, idx)
+    return count, t, total, out
 
 
-@pytest.mark.parametrize("n", [1, 4095, 4097, 300_000])
-def test_topk_from_matches_a_sort(n):
+def _bracket(s, keep, lo, hi, w=None, capacity=1 << 16):
+    out, buf = torch.empty_like(s), np.empty(capacity, dtype=np.float32)
+    where = np.empty(capacity, dtype=np.int64)
+    count, t, band, above, total = kernels().topk_bracket(s, keep, out, w, lo, hi, buf, where)
+    if count >= 0:  # the band's indices, in memory order, and the count above it
+        inside = ((s.abs() >= lo) & (s.abs() <= hi)).nonzero().flatten()
+        assert torch.equal(torch.from_numpy(where[:band]), inside)
+        assert above == int((s.abs() > hi).sum())
+    return count, t, band, total, out
+
+
+def _kth_largest_abs(s, keep):
+    return float(s.abs().sort(descending=True).values[keep - 1])
+
+
+@pytest.mark.parametrize("n", [1, 4095, 4097, 10_000])
+def test_topk_among_all_matches_a_sort(n):
     gen = torch.Generator().manual_seed(n)
     s, w = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
     keep = max(n // 3, 1)
-    t, count, total, out = _top(s, keep, w)
-    assert t == float(s.abs().sort(descending=True).values[keep - 1])
+    count, t, total, out = _small(s, keep, w)
+    assert t == _kth_largest_abs(s, keep)
     expected = (s.abs() >= t).float()
     assert torch.equal(out, expected) and count == keep == int(expected.sum())
     reference = float((w.double().abs() * expected.double()).sum())
     assert total == pytest.approx(reference, rel=1e-6)
-    assert _top(s, keep)[2] is None  # no weights: no sum
+    assert _small(s, keep)[2] is None  # no weights: no sum
 
 
-def test_topk_from_candidates_takes_the_threshold_among_them():
+def test_topk_among_candidates_takes_the_threshold_among_them():
     gen = torch.Generator().manual_seed(0)
     s = torch.randn(100_000, generator=gen)
     order = s.abs().argsort(descending=True)
     keep = 30_000
-    # the candidates: ranks 29,000 .. 30,999, in memory order; 28,999 values are above them
+    # the candidates: ranks 29,000 .. 30,999, in memory order; 29,000 values are above them
     idx = order[29_000:31_000].sort().values.numpy().astype(np.int64)
-    t, count, _, out = _top(s, keep - 29_000, idx=idx)
-    assert t == float(s.abs()[order[keep - 1]]) and count == keep
+    count, t, _, out = _small(s, keep - 29_000, idx=idx)
+    assert t == _kth_largest_abs(s, keep) and count == keep
     assert torch.equal(out.bool(), s.abs() >= t)
+
+
+@pytest.mark.parametrize("n", [100, 300_000])
+def test_topk_bracket_is_exact_when_the_bracket_holds_the_threshold(n):
+    gen = torch.Generator().manual_seed(n)
+    s, w = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    keep = n // 4
+    t_true = _kth_largest_abs(s, keep)
+    for lo, hi in ((t_true * 0.99, t_true * 1.01), (0.0, math.inf), (t_true, t_true)):
+        count, t, band, total, out = _bracket(s, keep, lo, hi, w, capacity=n)
+        assert count == keep and t == t_true, (lo, hi)
+        assert band == int(((s.abs() >= lo) & (s.abs() <= hi)).sum())
+        assert torch.equal(out, (s.abs() >= t).float())
+        reference = float((w.double().abs() * out.double()).sum())
+        assert total == pytest.approx(reference, rel=1e-6)
+
+
+def test_topk_bracket_reports_misses_and_overflow():
+    s = torch.randn(50_000, generator=torch.Generator().manual_seed(0))
+    t_true = _kth_largest_abs(s, 10_000)
+    assert _bracket(s, 10_000, t_true * 1.1, t_true * 1.2)[0] == -2  # threshold below the bracket
+    assert _bracket(s, 10_000, t_true * 0.8, t_true * 0.9)[0] == -2  # above it
+    assert _bracket(s, 10_000, 0.0, math.inf, capacity=100)[0] == -2  # band > capacity
 
 
 def test_ties_show_up_in_the_count():
     s = torch.tensor([3.0, -1.0, 1.0, 2.0, 1.0])
-    t, count, _, out = _top(s, 3)
+    count, t, _, out = _small(s, 3)
     assert t == 1.0 and count == 5  # three tied at t: the caller breaks the tie
-    assert out.tolist() == [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert out.tolist() == [1.0] * 5
 
 
-def test_topk_from_is_deterministic_across_thread_counts():
+def test_kernels_are_deterministic_across_thread_counts():
     gen = torch.Generator().manual_seed(0)
     s, w = torch.randn(500_000, generator=gen), torch.randn(500_000, generator=gen)
+    t_true = _kth_largest_abs(s, 123_456)
     threads = torch.get_num_threads()
     try:
         results = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(_top(s, 123_456, w))
+            results.append(_bracket(s, 123_456, 0.9 * t_true, 1.1 * t_true, w))
     finally:
         torch.set_num_threads(threads)
     (*first, m1), (*second, m2) = results
-    assert first == second and torch.equal(m1, m2)
+    assert first[0] == 123_456 and first == second and torch.equal(m1, m2)
 
 
 def test_score_grad_is_bitwise_the_eager_formula():

@@ -7,13 +7,17 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define BLOCK 4096
 #define PARALLEL 8192 /* below this, waking the OpenMP threads costs more than it saves */
 
 /* m[i] = |s[i]| >= t (1.0 or 0.0). Returns the number of ones, and, when w is not NULL,
  * stores sum(|w[i]| * m[i]) in *total. Returns -1 if out of memory. */
-int64_t tk_topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
+static int64_t topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
                      int64_t n, float t, double *total) {
     int64_t blocks = (n + BLOCK - 1) / BLOCK;
     float *sums = w ? malloc(sizeof(float) * (size_t)(blocks ? blocks : 1)) : NULL;
@@ -86,23 +90,106 @@ static float select_rank(float *v, int64_t n, int64_t j) {
     return v[j];
 }
 
-/* The need-th largest of |s[idx[i]]| for i < n (of |s[i]| if idx is NULL), 1 <= need <= n.
- * buf holds n floats of scratch. */
-static float nth_largest_abs(const float *restrict s, const int64_t *restrict idx, int64_t n,
-                         int64_t need, float *restrict buf) {
+/* The mask of the `need` largest |s| when the threshold is among |s[idx[i]]|, i < count (all
+ * of s if idx is NULL; count = n then): a partition of those values in buf (count floats of
+ * scratch) gives t, then one mask pass. For small layers, and for the candidates kept from
+ * the last step's band. *t receives the threshold; the return value and *total are
+ * topk_mask's: exactly `keep` ones prove the mask exact, whatever else moved. */
+int64_t tk_topk_among(const float *restrict s, const float *restrict w, float *restrict m,
+                      int64_t n, const int64_t *restrict idx, int64_t count, int64_t need,
+                      float *restrict buf, float *t, double *total) {
     if (idx)
-        for (int64_t i = 0; i < n; i++) buf[i] = fabsf(s[idx[i]]);
+        for (int64_t i = 0; i < count; i++) buf[i] = fabsf(s[idx[i]]);
     else
-        for (int64_t i = 0; i < n; i++) buf[i] = fabsf(s[i]);
-    return select_rank(buf, n, n - need);
+        for (int64_t i = 0; i < count; i++) buf[i] = fabsf(s[i]);
+    *t = select_rank(buf, count, count - need);
+    return topk_mask(s, w, m, n, *t, total);
 }
 
-/* The mask of the largest |s| at t = the need-th largest of |s[idx[i]]|, i < candidates (of
- * all |s| if idx is NULL): one call per layer and step. *t receives the threshold; the return
- * value and *total are tk_topk_mask's. buf holds `candidates` floats of scratch. */
-int64_t tk_topk_from(const float *restrict s, const float *restrict w, float *restrict m,
-                     int64_t n, const int64_t *restrict idx, int64_t candidates, int64_t need,
-                     float *restrict buf, float *t, double *total) {
-    *t = nth_largest_abs(s, idx, candidates, need, buf);
-    return tk_topk_mask(s, w, m, n, *t, total);
+/* One range of the bracket scan: values of |s[i]|, i in [begin, end), that lie in [lo, hi]
+ * go to band and their indices to where (at most cap; returns -1 beyond), and *above counts
+ * those > hi. Vectorised over groups of 32, looking one by one only into the few groups that
+ * hold a band value. */
+static int64_t bracket_range(const float *restrict s, int64_t begin, int64_t end, float lo,
+                             float hi, float *restrict band, int64_t *restrict where,
+                             int64_t cap, int64_t *above) {
+    int64_t up = 0, found = 0, i = begin;
+    for (; i + 32 <= end; i += 32) {
+        int over = 0, in = 0;
+#pragma omp simd reduction(+ : over, in)
+        for (int64_t j = i; j < i + 32; j++) {
+            float a = fabsf(s[j]);
+            over += a > hi;
+            in += (a >= lo) & (a <= hi);
+        }
+        up += over;
+        if (in) {
+            if (found + in > cap) return -1;
+            for (int64_t j = i; j < i + 32; j++) {
+                float a = fabsf(s[j]);
+                if (a >= lo && a <= hi) {
+                    where[found] = j;
+                    band[found++] = a;
+                }
+            }
+        }
+    }
+    for (; i < end; i++) {
+        float a = fabsf(s[i]);
+        up += a > hi;
+        if (a >= lo && a <= hi) {
+            if (found == cap) return -1;
+            where[found] = i;
+            band[found++] = a;
+        }
+    }
+    *above = up;
+    return found;
+}
+
+/* The bracket scan over all of s, split in contiguous ranges over the threads, each with its
+ * own part of band; the parts are then moved together. Returns the band's size or -1. */
+static int64_t bracket(const float *restrict s, int64_t n, float lo, float hi,
+                       float *restrict band, int64_t *restrict where, int64_t cap,
+                       int64_t *above) {
+    int parts = 1;
+#ifdef _OPENMP
+    if (n >= PARALLEL) parts = omp_get_max_threads();
+#endif
+    if (parts > 64) parts = 64;
+    int64_t found[64], ups[64], size = cap / parts;
+#pragma omp parallel for schedule(static, 1) num_threads(parts) if (parts > 1)
+    for (int p = 0; p < parts; p++) {
+        int64_t begin = n * p / parts, end = n * (p + 1) / parts;
+        found[p] = bracket_range(s, begin, end, lo, hi, band + p * size, where + p * size, size,
+                                 &ups[p]);
+    }
+    int64_t total = 0, up = 0;
+    for (int p = 0; p < parts; p++) {
+        if (found[p] < 0) return -1;
+        if (p > 0) {
+            memmove(band + total, band + p * size, sizeof(float) * (size_t)found[p]);
+            memmove(where + total, where + p * size, sizeof(int64_t) * (size_t)found[p]);
+        }
+        total += found[p];
+        up += ups[p];
+    }
+    *above = up;
+    return total;
+}
+
+/* The exact top-`keep` mask of |s| when its threshold lies in [lo, hi]: one bracket scan,
+ * a partition of the band, one mask pass. Returns topk_mask's count (> keep: ties at *t),
+ * or -2 if the threshold is outside the bracket or the band holds more than cap values.
+ * The band's indices are left in where[0 .. *band_size) (memory order) and the number of
+ * values above it in *above: the next step's candidates. */
+int64_t tk_topk_bracket(const float *restrict s, const float *restrict w, float *restrict m,
+                        int64_t n, int64_t keep, float lo, float hi, float *restrict buf,
+                        int64_t *restrict where, int64_t cap, float *t, int64_t *band_size,
+                        int64_t *above, double *total) {
+    int64_t found = bracket(s, n, lo, hi, buf, where, cap, above);
+    *band_size = found;
+    if (found < 0 || *above >= keep || *above + found < keep) return -2;
+    *t = select_rank(buf, found, found - (keep - *above));
+    return topk_mask(s, w, m, n, *t, total);
 }

@@ -1,10 +1,11 @@
 """Fused CPU kernels for score-based masks, compiled on first use; eager PyTorch otherwise.
 
 A biprop step on a small model is bound by elementwise passes over the weights, not by
-arithmetic: eager PyTorch makes about a dozen per layer and step (|s|, the mask, the count
-that proves it exact, alpha's dot product, g * W * sign(s) in three more). `kernels.c` does
-the mask, its count and sum(|W| m) in one pass and the score gradient in another, with OpenMP
-threads shared with PyTorch's own pool.
+arithmetic: eager PyTorch and numpy make about a dozen per layer and step (|s|, the bracket's
+comparisons, count and extraction, the mask, alpha's dot product, then sign(s), * W and * g in
+the backward). `kernels.c` makes the exact top-k mask in two passes (a bracket scan, then the
+mask with its count and sum(|W| m) for alpha) and the score gradient in one, on the OpenMP
+threads PyTorch already has.
 
 The C file is compiled once per machine with the system C compiler (`cc`, or `$CC`) into
 `$TICKETKIT_CACHE` (default `~/.cache/ticketkit`), atomically, so concurrent `torchrun`
@@ -29,8 +30,9 @@ import numpy as np
 import torch
 
 _FLAGS = (
-    ("-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno"),
-    ("-O3", "-fPIC", "-shared", "-fno-math-errno"),  # compilers without OpenMP: one thread
+    ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp"),
+    ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd"),  # no OpenMP: one thread
+    ("-O3", "-fPIC", "-shared", "-fno-math-errno"),
 )
 
 
@@ -38,39 +40,20 @@ class Kernels:
     """The compiled library behind thin tensor-level wrappers (callers check `usable`)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        self._at = lib.tk_topk_mask
-        self._at.restype = ctypes.c_int64
-        self._at.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_float]
-        self._at.argtypes += [ctypes.c_void_p]
-        self._from = lib.tk_topk_from
-        self._from.restype = ctypes.c_int64
-        self._from.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
-        self._from.argtypes += [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
+        self._among = lib.tk_topk_among
+        self._among.restype = ctypes.c_int64
+        self._among.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
+        self._among.argtypes += [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
+        self._bracket = lib.tk_topk_bracket
+        self._bracket.restype = ctypes.c_int64
+        self._bracket.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
+        self._bracket.argtypes += [ctypes.c_float] * 2 + [ctypes.c_void_p] * 2
+        self._bracket.argtypes += [ctypes.c_int64] + [ctypes.c_void_p] * 4
         self._grad = lib.tk_score_grad
         self._grad.restype = None
         self._grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64]
 
-    def topk_at(
-        self, s: torch.Tensor, t: float, out: torch.Tensor, w: torch.Tensor | None
-    ) -> tuple[int, float | None]:
-        """out = (|s| >= t) as 0/1 floats; returns (count of ones, sum(|w| * out) if w given).
-
-        Unchecked, like `topk_from`.
-        """
-        total = ctypes.c_double()
-        count = self._at(
-            s.data_ptr(),
-            w.data_ptr() if w is not None else None,
-            out.data_ptr(),
-            s.numel(),
-            t,
-            ctypes.byref(total),
-        )
-        if count < 0:
-            raise MemoryError("tk_topk_mask")
-        return int(count), (total.value if w is not None else None)
-
-    def topk_from(
+    def topk_among(
         self,
         s: torch.Tensor,
         need: int,
@@ -78,15 +61,15 @@ class Kernels:
         w: torch.Tensor | None,
         buf: np.ndarray,
         idx: np.ndarray | None = None,
-    ) -> tuple[float, int, float | None]:
+    ) -> tuple[int, float, float | None]:
         """out = (|s| >= t) as 0/1 floats, t = the need-th largest |s| (of s[idx] if given).
 
-        Returns (t, count of ones, sum(|w| * out) if w is given). `buf` is float32 scratch of
-        len(idx) (or s.numel()) values, and 1 <= need <= that length. The caller checks
-        `usable` and the sizes: this runs every step for every layer.
+        Returns (count of ones, t, sum(|w| * out) if w is given). `buf`: float32 scratch of
+        len(idx) (or s.numel()) values; 1 <= need <= that length. Callers check `usable` and
+        sizes (this runs every step for every layer).
         """
         t, total = ctypes.c_float(), ctypes.c_double()
-        count = self._from(
+        count = self._among(
             s.data_ptr(),
             w.data_ptr() if w is not None else None,
             out.data_ptr(),
@@ -99,8 +82,59 @@ class Kernels:
             ctypes.byref(total),
         )
         if count < 0:
-            raise MemoryError("tk_topk_from")
-        return t.value, int(count), (total.value if w is not None else None)
+            raise MemoryError("tk_topk_among")
+        return int(count), t.value, (total.value if w is not None else None)
+
+    def topk_bracket(
+        self,
+        s: torch.Tensor,
+        keep: int,
+        out: torch.Tensor,
+        w: torch.Tensor | None,
+        lo: float,
+        hi: float,
+        buf: np.ndarray,
+        where: np.ndarray,
+    ) -> tuple[int, float, int, int, float | None]:
+        """The top-`keep` mask of |s| into out, if its threshold lies in [lo, hi].
+
+        One scan counts |s| > hi and copies the band [lo, hi] into `buf` (float32) and its
+        indices into `where` (int64; both of the band's capacity); a partition of the band gives
+        t; one pass writes the mask. Returns (count, t, band size, count above the band,
+        sum(|w| * out) if w given); count is -2 if the bracket missed or the band overflowed,
+        > keep if values tie at t.
+        """
+        t, band, above, total = (
+            ctypes.c_float(),
+            ctypes.c_int64(),
+            ctypes.c_int64(),
+            ctypes.c_double(),
+        )
+        count = self._bracket(
+            s.data_ptr(),
+            w.data_ptr() if w is not None else None,
+            out.data_ptr(),
+            s.numel(),
+            keep,
+            lo,
+            hi,
+            buf.ctypes.data,
+            where.ctypes.data,
+            min(buf.size, where.size),
+            ctypes.byref(t),
+            ctypes.byref(band),
+            ctypes.byref(above),
+            ctypes.byref(total),
+        )
+        if count == -1:
+            raise MemoryError("tk_topk_bracket")
+        return (
+            int(count),
+            t.value,
+            band.value,
+            above.value,
+            (total.value if w is not None else None),
+        )
 
     def score_grad(self, g: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """g * w * sign(s) in one pass (w and s `usable`, checked by the caller)."""

@@ -5,19 +5,18 @@ path. A full sort (the reference code) costs O(N log N); `torch.kthvalue` on CPU
 tensor and runs a generic nth_element, which on a 266k-weight MLP costs more than the whole
 training step. Here, on CPU:
 
-1. Warm: scores move little per step, so the K-th largest value is usually still among the
-   ~1k candidates that were near the threshold last time, with the same number of values
-   above them. Partition the candidates, then mask with one pass: if the mask holds exactly K
-   values it is the exact top-K, whatever moved (everything kept is >= t, everything else is
-   below). With the fused kernel (`kernels.py`) that pass also yields the count and alpha's sum.
-2. Otherwise bracket the threshold: around the previous one, or, cold, from the order
-   statistics of a fixed random sample (Floyd-Rivest style). One vectorised pass counts the
-   values above the bracket and extracts those inside it (the next candidates); partition
-   only those. If the bracket misses (rare), widen and retry, falling back to a full partition.
+1. Bracket the threshold: around the previous step's threshold (it moves little per step, even
+   while single scores jump), or, cold, from the order statistics of a fixed random sample
+   (Floyd-Rivest style).
+2. One pass counts the values above the bracket and extracts those inside it (~1k).
+3. Partition only those; the mask is `|s| >= t`.
 
-The result is always exact: `count(a > t) < K <= count(a >= t)`. On other devices
-`torch.kthvalue` is used. Ties at the threshold are broken by index (lowest first), so the
-kept count is exactly K.
+If the bracket misses (rare), widen and retry, falling back to a full partition. The result is
+always exact: `count(a > t) < K <= count(a >= t)`. Ties at the threshold are broken by index
+(lowest first), so the kept count is exactly K. With the compiled kernels (`kernels.py`), steps
+1-3 and the mask (with its count and alpha's sum) are two passes in one call (`top_abs`);
+without them, the same algorithm runs as vectorised numpy passes. On other devices
+`torch.kthvalue` is used.
 """
 
 from __future__ import annotations
@@ -27,11 +26,12 @@ import math
 import numpy as np
 import torch
 
-from ticketkit.core.kernels import kernels, usable
+from ticketkit.core.kernels import Kernels, kernels, usable
 
 _SMALL = 16384  # below this size a plain partition is already fast
 _SAMPLE = 8192
-_NEAR = 512  # candidates kept on either side of the threshold for the next step
+_BAND = 1 << 16  # the kernels' band capacity: a warm band holds ~1k values, a cold one ~8k
+_NEAR = 1024  # a band of at most twice this is kept as the next step's candidates
 _MAX_BACKOFF = 32
 
 
@@ -44,11 +44,12 @@ class Selector:
         self._sample_idx: np.ndarray | None = None
         self._above: np.ndarray | None = None  # bool scratch of the input's size, reused
         self._band: np.ndarray | None = None
-        self._candidates: np.ndarray | None = None  # indices near the last threshold
+        self._scratch: np.ndarray | None = None  # the kernels' band values
+        self._where = np.empty(_BAND, dtype=np.int64)  # ... and their indices
+        self._candidates: np.ndarray | None = None  # the last band's indices
         self._candidates_above = 0  # how many values were above them then
-        self._scratch: np.ndarray | None = None
-        self._backoff = 0  # steps to skip the candidates after the next failure / 2
-        self._skip = 0  # steps left to skip them
+        self._backoff = 0  # after the next failed try of the candidates, skip twice this
+        self._skip = 0  # steps left before the next try
 
     def top_abs(
         self,
@@ -61,35 +62,55 @@ class Selector:
         """Write the float mask of the `keep` largest |s| into `out` (ties by index).
 
         `scratch` (s's shape) may receive |s|. Returns sum(|w| * mask) when `w` is given and
-        the fused kernel computed it on the way, else None.
+        the compiled kernels computed it on the way, else None.
         """
         n = s.numel()
         fused = kernels() if 0 < keep < n and usable(s, out) and (w is None or usable(w)) else None
-        if fused is None:
-            self.select(torch.abs(s, out=scratch).view(-1), keep, out)
-            return None
-        if n <= _SMALL:
-            _, count, total = fused.topk_from(s, keep, out, w, self._buffer(n))
-            if count == keep:
-                return total
-        elif self._try_warm(n, keep):
-            need, buf = keep - self._candidates_above, self._buffer(self._candidates.size)
-            t, count, total = fused.topk_from(s, need, out, w, buf, self._candidates)
-            if self._warm_result(count == keep, t):
-                return total
-        a = torch.abs(s, out=scratch).view(-1)
-        if n <= _SMALL:  # ties at the threshold
-            self.select(a, keep, out)
-            return None
-        t, n_ge = self._threshold_cpu(a.numpy(), keep)
-        if n_ge != keep:
-            out.view(-1).copy_(_break_ties(a, t, keep))
-            return None
-        count, total = fused.topk_at(s, t, out, w)
-        if count == keep:
-            return total
-        out.view(-1).copy_(_break_ties(a, t, keep))  # cannot happen: the same comparison
+        if fused is not None:
+            if n <= _SMALL:
+                count, _, total = fused.topk_among(s, keep, out, w, self._values(n))
+                if count == keep:
+                    return total
+            else:
+                done, total = self._fused_large(fused, s, keep, out, w)
+                if done:
+                    return total
+        self.select(torch.abs(s, out=scratch).view(-1), keep, out)  # the exact eager path
         return None
+
+    def _fused_large(
+        self, fused: Kernels, s: torch.Tensor, keep: int, out: torch.Tensor, w: torch.Tensor | None
+    ) -> tuple[bool, float | None]:
+        """Candidates first, then brackets; (False, None) leaves ties to the eager path."""
+        c = self._candidates
+        if c is not None and self._skip == 0 and 0 < keep - self._candidates_above <= c.size:
+            need = keep - self._candidates_above
+            count, t, total = fused.topk_among(s, need, out, w, self._values(c.size), c)
+            if count == keep:
+                self.threshold, self._backoff = t, 0  # t: the next bracket's centre
+                return True, total
+            # early in training scores jump across the threshold from anywhere: wait 1, 2, 4...
+            # steps before the next try, each failed try costs a pass
+            self._backoff = min(2 * self._backoff or 1, _MAX_BACKOFF)
+            self._skip = self._backoff
+        self._skip = max(self._skip - 1, 0)
+        flat = s.numpy().reshape(-1)
+        where = self._where
+        for attempt in range(3):
+            lo, hi = self._bracket(flat, keep, attempt, signed=True)
+            count, t, band, above, total = fused.topk_bracket(
+                s, keep, out, w, lo, hi, self._values(_BAND), where
+            )
+            if count == keep:
+                self._adapt(t, band, lo, hi)
+                near = band <= 2 * _NEAR  # a warm band: keep it as the next candidates
+                self._candidates = where[:band].copy() if near else None
+                self._candidates_above = above
+                return True, total
+            if count > keep:  # ties at t
+                break
+            self.threshold = None  # the bracket missed: go cold, and wider
+        return False, None
 
     def select(self, a: torch.Tensor, keep: int, out: torch.Tensor) -> None:
         """Write the mask of the `keep` largest entries of flat `a` into `out` (ties by index).
@@ -105,13 +126,7 @@ class Selector:
             self._select_small(a.detach().numpy().reshape(-1), keep, flat)
             return
         if a.is_cpu:
-            an = a.detach().numpy()
-            if out.dtype != torch.bool and self._try_warm(n, keep):
-                t = self._from_candidates(an[self._candidates], keep)
-                torch.ge(a, t, out=flat)
-                if self._warm_result(_count(flat) == keep, t):
-                    return
-            t, n_ge = self._threshold_cpu(an, keep)
+            t, n_ge = self._threshold_cpu(a.detach().numpy(), keep)
         else:
             t = a.kthvalue(n - keep + 1).values
             n_ge = int((a >= t).sum())
@@ -138,40 +153,11 @@ class Selector:
         return out
 
     # -- CPU path ------------------------------------------------------------------------------
-    def _buffer(self, n: int) -> np.ndarray:
-        """float32 scratch of at least n values for the kernels' partition, reused."""
+    def _values(self, n: int) -> np.ndarray:
+        """float32 scratch of at least n values for the kernels, reused."""
         if self._scratch is None or self._scratch.size < n:
-            self._scratch = np.empty(max(n, 2 * _NEAR + 1), dtype=np.float32)
+            self._scratch = np.empty(n, dtype=np.float32)
         return self._scratch
-
-    def _try_warm(self, n: int, keep: int) -> bool:
-        """Whether to try the candidates: they exist for this size, can hold the K-th value,
-        and the last tries did not fail (early in training scores jump across the threshold
-        from anywhere, and a failed try costs a pass; after a failure, wait 1, 2, 4... steps)."""
-        if self._skip > 0:
-            self._skip -= 1
-            return False
-        c = self._candidates
-        return (
-            c is not None
-            and self._above is not None
-            and self._above.size == n
-            and 0 < keep - self._candidates_above <= c.size
-        )
-
-    def _warm_result(self, exact: bool, t: float) -> bool:
-        """Record a try of the candidates; `exact`: its mask held exactly K values."""
-        if exact:
-            self.threshold, self._backoff = t, 0  # t: the next bracket's centre
-        else:
-            self._backoff = min(2 * self._backoff or 1, _MAX_BACKOFF)
-            self._skip = self._backoff
-        return exact
-
-    def _from_candidates(self, values: np.ndarray, keep: int) -> float:
-        """The threshold if the K-th largest value is still among the candidates' `values`."""
-        j = values.size - (keep - self._candidates_above)
-        return float(np.partition(values, j)[j])
 
     def _threshold_cpu(self, a: np.ndarray, keep: int) -> tuple[float, int]:
         """(t, count(a >= t)) with t the keep-th largest value of a."""
@@ -186,42 +172,29 @@ class Selector:
             if above < keep:
                 np.greater_equal(a, lo, out=band)
                 np.logical_xor(band, above_hi, out=band)  # lo <= a <= hi
-                candidates = np.flatnonzero(band)
-                values = a[candidates]
+                values = a[band]
                 need = keep - above  # the need-th largest value inside the band
                 if need <= values.size:
                     j = values.size - need
-                    t = np.partition(values, j)[j]
+                    values = np.partition(values, j)
+                    t = values[j]
                     self._adapt(float(t), values.size, lo, hi)
-                    self._keep_candidates(candidates, values, j, above)
                     return float(t), above + int(np.count_nonzero(values >= t))
-            self.threshold = self._candidates = None  # the bracket missed: go cold, and wider
+            self.threshold = None  # the bracket missed: go cold, and wider
         t = np.partition(a, n - keep)[n - keep]
         return float(t), int(np.count_nonzero(a >= t))
 
-    def _keep_candidates(
-        self, candidates: np.ndarray, values: np.ndarray, j: int, above: int
-    ) -> None:
-        """Keep the band's `_NEAR` values on either side of rank j as the next candidates.
-
-        A cold bracket can hold thousands of values; partitioning them every step would cost
-        more than the bracket pass it saves.
-        """
-        lo, hi = max(j - _NEAR, 0), min(j + _NEAR, values.size - 1)
-        if lo > 0 or hi < values.size - 1:
-            near = np.argpartition(values, [r for r in (lo, hi) if 0 < r < values.size - 1])
-            candidates, above = candidates[near[lo : hi + 1]], above + values.size - hi - 1
-        self._candidates = np.ascontiguousarray(candidates, dtype=np.int64)  # for the kernels
-        self._candidates_above = above
-
-    def _bracket(self, a: np.ndarray, keep: int, attempt: int) -> tuple[float, float]:
+    def _bracket(
+        self, a: np.ndarray, keep: int, attempt: int, signed: bool = False
+    ) -> tuple[float, float]:
+        """A bracket [lo, hi] likely to hold the keep-th largest of a (of |a| if `signed`)."""
         if self.threshold is not None and attempt == 0:
             return self.threshold - self.halfwidth, self.threshold + self.halfwidth
         n = a.size
         if self._sample_idx is None or self._sample_idx.size != min(_SAMPLE, n):
             rng = np.random.default_rng(12345)
             self._sample_idx = rng.choice(n, size=min(_SAMPLE, n), replace=False)
-        sample = a[self._sample_idx]
+        sample = np.abs(a[self._sample_idx]) if signed else a[self._sample_idx]
         m = sample.size
         q = (n - keep) / n  # fraction below the threshold
         pos = q * m
@@ -243,12 +216,6 @@ class Selector:
             self.threshold = t
         else:
             self.threshold = None
-
-
-def _count(mask: torch.Tensor) -> int:
-    """Ones in a 0/1 float mask. A float32 sum is exact below 2**24 elements and ~40x faster
-    than `count_nonzero` on CPU."""
-    return int(mask.sum() if mask.numel() < 2**24 else mask.sum(dtype=torch.float64))
 
 
 def _break_ties(a: torch.Tensor, t: torch.Tensor | float, keep: int) -> torch.Tensor:
