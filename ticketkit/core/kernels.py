@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -158,24 +159,27 @@ def kernels() -> Kernels | None:
     if os.environ.get("TICKETKIT_KERNELS", "1") == "0":
         return None
     source = resources.files("ticketkit.core").joinpath("kernels.c").read_bytes()
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not found:
         return None
+    compiler = shlex.split(found)  # CC may carry a launcher or flags ("ccache gcc")
     cache_dir = Path(os.environ.get("TICKETKIT_CACHE") or Path.home() / ".cache" / "ticketkit")
+    builds = []
     for flags in _FLAGS:
-        key = hashlib.sha256(
-            source + " ".join((compiler, *flags, platform.machine())).encode()
-        ).hexdigest()[:16]
-        path = cache_dir / f"kernels-{key}.so"
+        key = " ".join((*compiler, *flags, platform.machine())).encode()
+        digest = hashlib.sha256(source + key).hexdigest()[:16]
+        builds.append((flags, cache_dir / f"kernels-{digest}.so"))
+    # a library built earlier first (also one of the fallback flag sets), then build in order
+    for flags, path in [b for b in builds if b[1].exists()] + builds:
         if path.exists() or _compile(compiler, flags, source, path):
             try:
                 return Kernels(ctypes.CDLL(str(path)))
-            except OSError:
+            except (OSError, AttributeError):  # not loadable, or not our library
                 continue
     return None
 
 
-def _compile(compiler: str, flags: tuple[str, ...], source: bytes, path: Path) -> bool:
+def _compile(compiler: list[str], flags: tuple[str, ...], source: bytes, path: Path) -> bool:
     """Compile into a temporary file and rename it into place; False on any failure."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +187,7 @@ def _compile(compiler: str, flags: tuple[str, ...], source: bytes, path: Path) -
             src, lib = Path(tmp) / "kernels.c", Path(tmp) / path.name
             src.write_bytes(source)
             done = subprocess.run(
-                [compiler, *flags, str(src), "-o", str(lib), "-lm"],
+                [*compiler, *flags, str(src), "-o", str(lib), "-lm"],
                 capture_output=True,
                 timeout=120,
             )
