@@ -144,3 +144,13 @@ def test_disabled_or_without_a_compiler_everything_falls_back(tmp_path, monkeypa
     assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written left behind
     assert _kernels_in_subprocess(base) == "True"
     assert len(list((tmp_path / "cache").glob("kernels-*.so"))) == 1
+
+
+def test_nan_scores_end_instead_of_hanging():
+    """A diverged run must fail visibly later, not hang in the partition."""
+    s = torch.randn(5000, generator=torch.Generator().manual_seed(2))
+    s[::7] = float("nan")
+    count, _, _, out = _small(s, 1000)  # NaN inside the partition: any order, but it ends
+    assert 0 <= count <= 5000 and set(out.unique().tolist()) <= {0.0, 1.0}
+    count, t, _, _, out = _bracket(s, 1000, 0.0, math.inf, capacity=5000)
+    assert count == 1000 and t == _kth_largest_abs(s.nan_to_num(0.0), 1000)  # NaN is never kept
