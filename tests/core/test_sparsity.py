@@ -148,6 +148,7 @@ def test_freeze_fixes_masks_and_remove_bakes_weights():
     for layer, eff in zip(sp.layers, effective):
         assert isinstance(layer.module.weight, nn.Parameter)
         assert torch.equal(layer.module.weight.detach(), eff)
+        assert "_ticketkit_weight" not in layer.module.__dict__  # no stash left behind
 
 
 def test_hydra_score_init_gives_the_magnitude_mask():

@@ -23,7 +23,8 @@ def scale_of(
 
     `kept`, when the caller knows sum(m) already, saves a pass over the mask.
     """
-    if alpha.dim() == 0 and magnitudes.is_cpu and magnitudes.numel() <= 16384:
+    small = magnitudes.numel() <= 16384 and magnitudes.dtype in (torch.float32, torch.float64)
+    if alpha.dim() == 0 and magnitudes.is_cpu and small:
         # numpy's dot costs ~1 us here, torch's dot and div ~8: this runs every step per layer
         total = np.dot(magnitudes.numpy().reshape(-1), mask.numpy().reshape(-1))
         count = kept if kept is not None else max(float(mask.sum()), 1.0)

@@ -1,8 +1,8 @@
-/* Fused CPU kernels for the hot path of score-based masks (see kernels.py).
- *
- * Each replaces several eager PyTorch passes over a layer's weights with one. Results are
- * deterministic: work is split into fixed blocks whatever the thread count, and the block sums
- * are added in block order after the parallel loop.
+/* Fused CPU kernels for the hot path of score-based masks (see kernels.py and
+ * docs/architecture.md): the exact top-k mask of |s| with its count and sum(|w| m) in two
+ * passes, and the straight-through score gradient in one, where eager PyTorch makes about a
+ * dozen. Results do not depend on the thread count: work is split into fixed blocks or ranges
+ * and partial results are combined in order after the parallel loop.
  */
 #include <math.h>
 #include <stdint.h>
@@ -18,7 +18,7 @@
 /* m[i] = |s[i]| >= t (1.0 or 0.0). Returns the number of ones, and, when w is not NULL,
  * stores sum(|w[i]| * m[i]) in *total. Returns -1 if out of memory. */
 static int64_t topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
-                     int64_t n, float t, double *total) {
+                         int64_t n, float t, double *total) {
     int64_t blocks = (n + BLOCK - 1) / BLOCK;
     float *sums = w ? malloc(sizeof(float) * (size_t)(blocks ? blocks : 1)) : NULL;
     if (w && !sums) return -1;

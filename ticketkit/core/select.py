@@ -45,7 +45,7 @@ class Selector:
         self._above: np.ndarray | None = None  # bool scratch of the input's size, reused
         self._band: np.ndarray | None = None
         self._scratch: np.ndarray | None = None  # the kernels' band values
-        self._where = np.empty(_BAND, dtype=np.int64)  # ... and their indices
+        self._where: np.ndarray | None = None  # ... and their indices
         self._candidates: np.ndarray | None = None  # the last band's indices
         self._candidates_above = 0  # how many values were above them then
         self._backoff = 0  # after the next failed try of the candidates, skip twice this
@@ -95,6 +95,8 @@ class Selector:
             self._skip = self._backoff
         self._skip = max(self._skip - 1, 0)
         flat = s.numpy().reshape(-1)
+        if self._where is None:
+            self._where = np.empty(_BAND, dtype=np.int64)
         where = self._where
         for attempt in range(3):
             lo, hi = self._bracket(flat, keep, attempt, signed=True)

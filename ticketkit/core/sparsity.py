@@ -347,6 +347,7 @@ class Sparsifier:
         with torch.no_grad():
             for layer in self.layers:
                 parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)
+                layer.module.__dict__.pop(_STASH, None)
         for hook in self._hooks:
             hook.remove()
         if model is not None:
