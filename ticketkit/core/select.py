@@ -14,9 +14,10 @@ training step. Here, on CPU:
 If the bracket misses (rare), widen and retry, falling back to a full partition. The result is
 always exact: `count(a > t) < K <= count(a >= t)`. Ties at the threshold are broken by index
 (lowest first), so the kept count is exactly K. With the compiled kernels (`kernels.py`), steps
-1-3 and the mask (with its count and alpha's sum) are two passes in one call (`top_abs`);
-without them, the same algorithm runs as vectorised numpy passes. On other devices
-`torch.kthvalue` is used.
+1-3 and the mask (with its count and alpha's sum) are two passes in one call (`top_abs`), and
+a step whose threshold is still among the last band's values takes only those and the mask
+pass (the count proves it exact); without them, the bracket runs as vectorised numpy passes.
+On other devices `torch.kthvalue` is used.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Selector:
         self._where: np.ndarray | None = None  # ... and their indices
         self._candidates: np.ndarray | None = None  # the last band's indices
         self._candidates_above = 0  # how many values were above them then
+        self._candidates_n = 0  # the size of the tensor they index
         self._backoff = 0  # after the next failed try of the candidates, skip twice this
         self._skip = 0  # steps left before the next try
 
@@ -82,18 +84,19 @@ class Selector:
         self, fused: Kernels, s: torch.Tensor, keep: int, out: torch.Tensor, w: torch.Tensor | None
     ) -> tuple[bool, float | None]:
         """Candidates first, then brackets; (False, None) leaves ties to the eager path."""
-        c = self._candidates
-        if c is not None and self._skip == 0 and 0 < keep - self._candidates_above <= c.size:
-            need = keep - self._candidates_above
+        c, need = self._candidates, keep - self._candidates_above
+        # the indices go to C unchecked: only candidates taken from a tensor of this size
+        usable_now = c is not None and self._candidates_n == s.numel() and 0 < need <= c.size
+        if usable_now and self._skip > 0:
+            self._skip -= 1
+        elif usable_now:
             count, t, total = fused.topk_among(s, need, out, w, self._values(c.size), c)
             if count == keep:
                 self.threshold, self._backoff = t, 0  # t: the next bracket's centre
                 return True, total
-            # early in training scores jump across the threshold from anywhere: wait 1, 2, 4...
-            # steps before the next try, each failed try costs a pass
-            self._backoff = min(2 * self._backoff or 1, _MAX_BACKOFF)
-            self._skip = self._backoff
-        self._skip = max(self._skip - 1, 0)
+            # early in training scores jump across the threshold from anywhere: skip the next
+            # 1, 2, 4 ... steps' tries, each failed try costs a pass
+            self._backoff = self._skip = min(2 * self._backoff or 1, _MAX_BACKOFF)
         flat = s.numpy().reshape(-1)
         if self._where is None:
             self._where = np.empty(_BAND, dtype=np.int64)
@@ -107,7 +110,7 @@ class Selector:
                 self._adapt(t, band, lo, hi)
                 near = band <= 2 * _NEAR  # a warm band: keep it as the next candidates
                 self._candidates = where[:band].copy() if near else None
-                self._candidates_above = above
+                self._candidates_above, self._candidates_n = above, s.numel()
                 return True, total
             if count > keep:  # ties at t
                 break
