@@ -14,10 +14,10 @@ from ticketkit.core.kernels import kernels
 pytestmark = pytest.mark.skipif(kernels() is None, reason="no C compiler: eager path only")
 
 
-def _small(s, keep, w=None, idx=None):
+def _small(s, keep, w=None, idx=None, need=None):
     out = torch.empty_like(s)
     buf = np.empty(s.numel() if idx is None else idx.size, dtype=np.float32)
-    count, t, total = kernels().topk_among(s, keep, out, w, buf, idx)
+    count, t, total = kernels().topk_among(s, keep, out, w, buf, idx, need)
     return count, t, total, out
 
 
@@ -57,7 +57,7 @@ def test_topk_among_candidates_takes_the_threshold_among_them():
     keep = 30_000
     # the candidates: ranks 29,000 .. 30,999, in memory order; 29,000 values are above them
     idx = order[29_000:31_000].sort().values.numpy().astype(np.int64)
-    count, t, _, out = _small(s, keep - 29_000, idx=idx)
+    count, t, _, out = _small(s, keep, idx=idx, need=keep - 29_000)
     assert t == _kth_largest_abs(s, keep) and count == keep
     assert torch.equal(out.bool(), s.abs() >= t)
 
@@ -85,11 +85,34 @@ def test_topk_bracket_reports_misses_and_overflow():
     assert _bracket(s, 10_000, 0.0, math.inf, capacity=100)[0] == -2  # band > capacity
 
 
-def test_ties_show_up_in_the_count():
+def test_ties_at_the_threshold_are_broken_by_lowest_index():
     s = torch.tensor([3.0, -1.0, 1.0, 2.0, 1.0])
-    count, t, _, out = _small(s, 3)
-    assert t == 1.0 and count == 5  # three tied at t: the caller breaks the tie
-    assert out.tolist() == [1.0] * 5
+    w = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0])
+    count, t, total, out = _small(s, 3, w)
+    assert t == 1.0 and count == 3  # three tied at t: only the first is kept
+    assert out.tolist() == [1.0, 1.0, 0.0, 1.0, 0.0] and total == 11.0
+
+
+def test_ties_in_the_bracket_and_among_candidates():
+    gen = torch.Generator().manual_seed(3)
+    s, w = torch.randn(50_000, generator=gen), torch.randn(50_000, generator=gen)
+    s[25_000:] = s[:25_000].neg()  # every |s| twice
+    keep = 12_345  # odd: the threshold's pair is split
+    expected = torch.zeros(50_000)
+    expected[(-s.abs()).argsort(stable=True)[:keep]] = 1.0  # ties by lowest index
+    reference = float((w.double().abs() * expected.double()).sum())
+    t_true = _kth_largest_abs(s, keep)
+    count, t, _, total, out = _bracket(s, keep, 0.99 * t_true, 1.01 * t_true, w)
+    assert count == keep and t == t_true and torch.equal(out, expected)
+    assert total == pytest.approx(reference, rel=1e-6)
+    # candidates as the selector keeps them: a band's indices and the count above it
+    band = (s.abs() >= 0.99 * t_true) & (s.abs() <= 1.01 * t_true)
+    idx, above = band.nonzero().flatten().numpy(), int((s.abs() > 1.01 * t_true).sum())
+    count, t, total, out = _small(s, keep, w, idx, need=keep - above)
+    assert count == keep and t == t_true and torch.equal(out, expected)
+    assert total == pytest.approx(reference, rel=1e-6)
+    count, t, *_ = _small(s, keep, w, idx, need=keep - above - 40)  # a stale count above
+    assert t > t_true and count == int((s.abs() >= t).sum()) < keep
 
 
 def test_kernels_are_deterministic_across_thread_counts():

@@ -1,7 +1,7 @@
 /* Fused CPU kernels for the hot path of score-based masks (see kernels.py and
  * docs/architecture.md): the exact top-k mask of |s| with its count and sum(|w| m) in two
- * passes, and the straight-through score gradient in one, where eager PyTorch makes about a
- * dozen. Results do not depend on the thread count: work is split into fixed blocks or ranges
+ * passes (ties broken by index, as the eager path), and the straight-through score gradient
+ * in one, where eager PyTorch makes about a dozen. Results do not depend on the thread count: work is split into fixed blocks or ranges
  * and partial results are combined in order after the parallel loop.
  */
 #include <math.h>
@@ -15,36 +15,42 @@
 #define BLOCK 4096
 #define PARALLEL 8192 /* below this, waking the OpenMP threads costs more than it saves */
 
-/* m[i] = |s[i]| >= t (1.0 or 0.0). Returns the number of ones, and, when w is not NULL,
- * stores sum(|w[i]| * m[i]) in *total. Returns -1 if out of memory. */
+/* m[i] = |s[i]| >= t (1.0 or 0.0). Returns the number of ones and stores in *ties how many of
+ * them equal t, and, when w is not NULL, sum(|w[i]| * m[i]) in *total. Returns -1 if out of
+ * memory. */
 static int64_t topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
-                         int64_t n, float t, double *total) {
+                         int64_t n, float t, double *total, int64_t *ties) {
     int64_t blocks = (n + BLOCK - 1) / BLOCK;
     float *sums = w ? malloc(sizeof(float) * (size_t)(blocks ? blocks : 1)) : NULL;
     if (w && !sums) return -1;
-    int64_t count = 0;
-#pragma omp parallel for reduction(+ : count) schedule(static) if (n >= PARALLEL)
+    int64_t count = 0, equal = 0;
+#pragma omp parallel for reduction(+ : count, equal) schedule(static) if (n >= PARALLEL)
     for (int64_t b = 0; b < blocks; b++) {
         int64_t lo = b * BLOCK, hi = lo + BLOCK < n ? lo + BLOCK : n;
-        float ones = 0.f, acc = 0.f;
+        float ones = 0.f, same = 0.f, acc = 0.f;
         if (w) {
-#pragma omp simd reduction(+ : ones, acc)
+#pragma omp simd reduction(+ : ones, same, acc)
             for (int64_t i = lo; i < hi; i++) {
-                float k = fabsf(s[i]) >= t ? 1.f : 0.f;
+                float a = fabsf(s[i]);
+                float k = a >= t ? 1.f : 0.f;
                 m[i] = k;
                 ones += k;
+                same += a == t ? 1.f : 0.f;
                 acc += k * fabsf(w[i]);
             }
             sums[b] = acc;
         } else {
-#pragma omp simd reduction(+ : ones)
+#pragma omp simd reduction(+ : ones, same)
             for (int64_t i = lo; i < hi; i++) {
-                float k = fabsf(s[i]) >= t ? 1.f : 0.f;
+                float a = fabsf(s[i]);
+                float k = a >= t ? 1.f : 0.f;
                 m[i] = k;
                 ones += k;
+                same += a == t ? 1.f : 0.f;
             }
         }
         count += (int64_t)ones; /* exact: a block holds at most 4096 ones */
+        equal += (int64_t)same;
     }
     if (w) {
         double sum = 0.0;
@@ -52,7 +58,26 @@ static int64_t topk_mask(const float *restrict s, const float *restrict w, float
         *total = sum;
         free(sums);
     }
+    *ties = equal;
     return count;
+}
+
+/* The mask of the `keep` largest |s| given a candidate threshold t: one mask pass, then, if
+ * t is exact (count(|s| > t) < keep <= count(|s| >= t)) and values tie at t, the ties of
+ * highest index are dropped (lowest index first, as the eager path). Returns keep when t was
+ * exact, else count(|s| >= t); -1 if out of memory. */
+static int64_t topk_finish(const float *restrict s, const float *restrict w, float *restrict m,
+                           int64_t n, int64_t keep, float t, double *total) {
+    int64_t ties, count = topk_mask(s, w, m, n, t, total, &ties);
+    if (count <= keep || count - ties >= keep) return count;
+    for (int64_t i = n - 1, excess = count - keep; i >= 0 && excess > 0; i--) {
+        if (fabsf(s[i]) == t) {
+            m[i] = 0.f;
+            excess--;
+            if (w) *total -= fabsf(w[i]);
+        }
+    }
+    return keep;
 }
 
 /* out[i] = g[i] * w[i] * sign(s[i]): the straight-through gradient of a top-k mask on |s|. */
@@ -90,20 +115,21 @@ static float select_rank(float *v, int64_t n, int64_t j) {
     return v[j];
 }
 
-/* The mask of the `need` largest |s| when the threshold is among |s[idx[i]]|, i < count (all
- * of s if idx is NULL; count = n then): a partition of those values in buf (count floats of
- * scratch) gives t, then one mask pass. For small layers, and for the candidates kept from
- * the last step's band. *t receives the threshold; the return value and *total are
- * topk_mask's: exactly `keep` ones prove the mask exact, whatever else moved. */
+/* The mask of the `keep` largest |s| when the threshold is the `need`-th largest of
+ * |s[idx[i]]|, i < count (all of s if idx is NULL; count = n and need = keep then): a
+ * partition of those values in buf (count floats of scratch) gives t, then topk_finish. For
+ * small layers, and for the candidates kept from the last step's band. *t receives the
+ * threshold; the return value and *total are topk_finish's: `keep` proves the mask exact,
+ * whatever else moved. */
 int64_t tk_topk_among(const float *restrict s, const float *restrict w, float *restrict m,
                       int64_t n, const int64_t *restrict idx, int64_t count, int64_t need,
-                      float *restrict buf, float *t, double *total) {
+                      int64_t keep, float *restrict buf, float *t, double *total) {
     if (idx)
         for (int64_t i = 0; i < count; i++) buf[i] = fabsf(s[idx[i]]);
     else
         for (int64_t i = 0; i < count; i++) buf[i] = fabsf(s[i]);
     *t = select_rank(buf, count, count - need);
-    return topk_mask(s, w, m, n, *t, total);
+    return topk_finish(s, w, m, n, keep, *t, total);
 }
 
 /* One range of the bracket scan: values of |s[i]|, i in [begin, end), that lie in [lo, hi]
@@ -179,8 +205,7 @@ static int64_t bracket(const float *restrict s, int64_t n, float lo, float hi,
 }
 
 /* The exact top-`keep` mask of |s| when its threshold lies in [lo, hi]: one bracket scan,
- * a partition of the band, one mask pass. Returns topk_mask's count (> keep: ties at *t),
- * or -2 if the threshold is outside the bracket or the band holds more than cap values.
+ * a partition of the band, one mask pass (topk_finish). Returns keep, or -2 if the threshold is outside the bracket or the band holds more than cap values.
  * The band's indices are left in where[0 .. *band_size) (memory order) and the number of
  * values above it in *above: the next step's candidates. */
 int64_t tk_topk_bracket(const float *restrict s, const float *restrict w, float *restrict m,
@@ -191,5 +216,5 @@ int64_t tk_topk_bracket(const float *restrict s, const float *restrict w, float 
     *band_size = found;
     if (found < 0 || *above >= keep || *above + found < keep) return -2;
     *t = select_rank(buf, found, found - (keep - *above));
-    return topk_mask(s, w, m, n, *t, total);
+    return topk_finish(s, w, m, n, keep, *t, total);
 }

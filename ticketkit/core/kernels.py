@@ -44,7 +44,7 @@ class Kernels:
         self._among = lib.tk_topk_among
         self._among.restype = ctypes.c_int64
         self._among.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
-        self._among.argtypes += [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
+        self._among.argtypes += [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3
         self._bracket = lib.tk_topk_bracket
         self._bracket.restype = ctypes.c_int64
         self._bracket.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
@@ -57,15 +57,18 @@ class Kernels:
     def topk_among(
         self,
         s: torch.Tensor,
-        need: int,
+        keep: int,
         out: torch.Tensor,
         w: torch.Tensor | None,
         buf: np.ndarray,
         idx: np.ndarray | None = None,
+        need: int | None = None,
     ) -> tuple[int, float, float | None]:
-        """out = (|s| >= t) as 0/1 floats, t = the need-th largest |s| (of s[idx] if given).
+        """The mask of the `keep` largest |s| as 0/1 floats, if t is their threshold.
 
-        Returns (count of ones, t, sum(|w| * out) if w is given). `buf`: float32 scratch of
+        t is the need-th largest of |s[idx]| (need = keep and all of s without idx). Returns
+        (count, t, sum(|w| * out) if w is given): count is keep if t was the exact threshold
+        (ties at t then broken by index), else count(|s| >= t). `buf`: float32 scratch of
         len(idx) (or s.numel()) values; 1 <= need <= that length. Callers check `usable` and
         sizes (this runs every step for every layer).
         """
@@ -77,7 +80,8 @@ class Kernels:
             s.numel(),
             idx.ctypes.data if idx is not None else None,
             s.numel() if idx is None else idx.size,
-            need,
+            keep if need is None else need,
+            keep,
             buf.ctypes.data,
             ctypes.byref(t),
             ctypes.byref(total),
@@ -102,8 +106,8 @@ class Kernels:
         One scan counts |s| > hi and copies the band [lo, hi] into `buf` (float32) and its
         indices into `where` (int64; both of the band's capacity); a partition of the band gives
         t; one pass writes the mask. Returns (count, t, band size, count above the band,
-        sum(|w| * out) if w given); count is -2 if the bracket missed or the band overflowed,
-        > keep if values tie at t.
+        sum(|w| * out) if w given); count is keep (ties at t broken by index), or -2 if the
+        bracket missed or the band overflowed.
         """
         t, band, above, total = (
             ctypes.c_float(),

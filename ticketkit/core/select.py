@@ -83,14 +83,14 @@ class Selector:
     def _fused_large(
         self, fused: Kernels, s: torch.Tensor, keep: int, out: torch.Tensor, w: torch.Tensor | None
     ) -> tuple[bool, float | None]:
-        """Candidates first, then brackets; (False, None) leaves ties to the eager path."""
+        """Candidates first, then brackets; (False, None) leaves the rest (NaN) to eager."""
         c, need = self._candidates, keep - self._candidates_above
         # the indices go to C unchecked: only candidates taken from a tensor of this size
         usable_now = c is not None and self._candidates_n == s.numel() and 0 < need <= c.size
         if usable_now and self._skip > 0:
             self._skip -= 1
         elif usable_now:
-            count, t, total = fused.topk_among(s, need, out, w, self._values(c.size), c)
+            count, t, total = fused.topk_among(s, keep, out, w, self._values(c.size), c, need)
             if count == keep:
                 self.threshold, self._backoff = t, 0  # t: the next bracket's centre
                 return True, total
@@ -112,7 +112,7 @@ class Selector:
                 self._candidates = where[:band].copy() if near else None
                 self._candidates_above, self._candidates_n = above, s.numel()
                 return True, total
-            if count > keep:  # ties at t
+            if count != -2:  # not a miss: NaN scores, left to the eager path
                 break
             self.threshold = None  # the bracket missed: go cold, and wider
         return False, None
