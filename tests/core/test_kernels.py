@@ -1,10 +1,14 @@
 """The fused CPU kernels against the eager PyTorch they replace."""
 
+import ctypes
 import math
+import os
+import shlex
+import shutil
 import subprocess
 import sys
+from importlib import resources
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,18 +20,18 @@ pytestmark = pytest.mark.skipif(kernels() is None, reason="no C compiler: eager 
 
 def _small(s, keep, w=None, idx=None, need=None):
     out = torch.empty_like(s)
-    buf = np.empty(s.numel() if idx is None else idx.size, dtype=np.float32)
+    buf = torch.empty(s.numel() if idx is None else idx.numel())
     count, t, total = kernels().topk_among(s, keep, out, w, buf, idx, need)
     return count, t, total, out
 
 
 def _bracket(s, keep, lo, hi, w=None, capacity=1 << 16):
-    out, buf = torch.empty_like(s), np.empty(capacity, dtype=np.float32)
-    where = np.empty(capacity, dtype=np.int64)
+    out, buf = torch.empty_like(s), torch.empty(capacity)
+    where = torch.empty(capacity, dtype=torch.int64)
     count, t, band, above, total = kernels().topk_bracket(s, keep, out, w, lo, hi, buf, where)
     if count >= 0:  # the band's indices, in memory order, and the count above it
         inside = ((s.abs() >= lo) & (s.abs() <= hi)).nonzero().flatten()
-        assert torch.equal(torch.from_numpy(where[:band]), inside)
+        assert torch.equal(where[:band], inside)
         assert above == int((s.abs() > hi).sum())
     return count, t, band, total, out
 
@@ -56,7 +60,7 @@ def test_topk_among_candidates_takes_the_threshold_among_them():
     order = s.abs().argsort(descending=True)
     keep = 30_000
     # the candidates: ranks 29,000 .. 30,999, in memory order; 29,000 values are above them
-    idx = order[29_000:31_000].sort().values.numpy().astype(np.int64)
+    idx = order[29_000:31_000].sort().values
     count, t, _, out = _small(s, keep, idx=idx, need=keep - 29_000)
     assert t == _kth_largest_abs(s, keep) and count == keep
     assert torch.equal(out.bool(), s.abs() >= t)
@@ -107,7 +111,7 @@ def test_ties_in_the_bracket_and_among_candidates():
     assert total == pytest.approx(reference, rel=1e-6)
     # candidates as the selector keeps them: a band's indices and the count above it
     band = (s.abs() >= 0.99 * t_true) & (s.abs() <= 1.01 * t_true)
-    idx, above = band.nonzero().flatten().numpy(), int((s.abs() > 1.01 * t_true).sum())
+    idx, above = band.nonzero().flatten(), int((s.abs() > 1.01 * t_true).sum())
     count, t, total, out = _small(s, keep, w, idx, need=keep - above)
     assert count == keep and t == t_true and torch.equal(out, expected)
     assert total == pytest.approx(reference, rel=1e-6)
@@ -129,6 +133,30 @@ def test_kernels_are_deterministic_across_thread_counts():
         torch.set_num_threads(threads)
     (*first, m1), (*second, m2) = results
     assert first[0] == 123_456 and first == second and torch.equal(m1, m2)
+
+
+def test_every_flag_set_gives_the_same_results(tmp_path):
+    """The AVX2/baseline clones, the OpenMP-less and the plain builds agree."""
+    source = resources.files("ticketkit.core").joinpath("kernels.c").read_bytes()
+    compiler = shlex.split(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))
+    gen = torch.Generator().manual_seed(4)
+    s, w, g = (torch.randn(300_000, generator=gen) for _ in range(3))
+    t_true = _kth_largest_abs(s, 100_000)
+    results = []
+    for i, flags in enumerate(kernels_module._FLAGS):
+        path = tmp_path / f"k{i}.so"
+        assert kernels_module._compile(compiler, flags, source, path), flags
+        built = kernels_module.Kernels(ctypes.CDLL(str(path)))
+        out, buf = torch.empty_like(s), torch.empty(1 << 16)
+        where = torch.empty(1 << 16, dtype=torch.int64)
+        count, t, band, above, total = built.topk_bracket(
+            s, 100_000, out, w, 0.95 * t_true, 1.05 * t_true, buf, where
+        )
+        results.append((count, t, band, above, total, out, built.score_grad(g, w, s)))
+    first = results[0]
+    for other in results[1:]:
+        assert other[:4] == first[:4] and other[4] == pytest.approx(first[4], rel=1e-6)
+        assert torch.equal(other[5], first[5]) and torch.equal(other[6], first[6])
 
 
 def test_score_grad_is_bitwise_the_eager_formula():
@@ -159,7 +187,6 @@ def _kernels_in_subprocess(env: dict[str, str]) -> str:
 
 
 def test_disabled_or_without_a_compiler_everything_falls_back(tmp_path, monkeypatch):
-    import os
 
     base = {**os.environ, "TICKETKIT_CACHE": str(tmp_path / "cache")}
     assert _kernels_in_subprocess({**base, "TICKETKIT_KERNELS": "0"}) == "False"

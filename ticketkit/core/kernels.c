@@ -1,8 +1,9 @@
 /* Fused CPU kernels for the hot path of score-based masks (see kernels.py and
  * docs/architecture.md): the exact top-k mask of |s| with its count and sum(|w| m) in two
  * passes (ties broken by index, as the eager path), and the straight-through score gradient
- * in one, where eager PyTorch makes about a dozen. Results do not depend on the thread count: work is split into fixed blocks or ranges
- * and partial results are combined in order after the parallel loop.
+ * in one, where eager PyTorch makes about a dozen. Results do not depend on the thread
+ * count: work is split into fixed blocks or ranges and partial results are combined in order
+ * after the parallel loop.
  */
 #include <math.h>
 #include <stdint.h>
@@ -12,13 +13,23 @@
 #include <omp.h>
 #endif
 
+/* With -DTK_CLONES (kernels.py tries it first), the streaming loops are compiled twice, for
+ * AVX2 and for the baseline, and the loader picks one per machine (GNU ifunc): the wide
+ * vectors without -march=native. Results are the same either way, up to the rounding of
+ * sum(|w| m). */
+#if defined(TK_CLONES) && defined(__x86_64__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
 #define BLOCK 4096
 #define PARALLEL 8192 /* below this, waking the OpenMP threads costs more than it saves */
 
 /* m[i] = |s[i]| >= t (1.0 or 0.0). Returns the number of ones and stores in *ties how many of
  * them equal t, and, when w is not NULL, sum(|w[i]| * m[i]) in *total. Returns -1 if out of
  * memory. */
-static int64_t topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
+CLONES static int64_t topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
                          int64_t n, float t, double *total, int64_t *ties) {
     int64_t blocks = (n + BLOCK - 1) / BLOCK;
     float *sums = w ? malloc(sizeof(float) * (size_t)(blocks ? blocks : 1)) : NULL;
@@ -81,7 +92,7 @@ static int64_t topk_finish(const float *restrict s, const float *restrict w, flo
 }
 
 /* out[i] = g[i] * w[i] * sign(s[i]): the straight-through gradient of a top-k mask on |s|. */
-void tk_score_grad(const float *restrict g, const float *restrict w, const float *restrict s,
+CLONES void tk_score_grad(const float *restrict g, const float *restrict w, const float *restrict s,
                    float *restrict out, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= PARALLEL)
     for (int64_t i = 0; i < n; i++) {
@@ -136,7 +147,7 @@ int64_t tk_topk_among(const float *restrict s, const float *restrict w, float *r
  * go to band and their indices to where (at most cap; returns -1 beyond), and *above counts
  * those > hi. Vectorised over groups of 32, looking one by one only into the few groups that
  * hold a band value. */
-static int64_t bracket_range(const float *restrict s, int64_t begin, int64_t end, float lo,
+CLONES static int64_t bracket_range(const float *restrict s, int64_t begin, int64_t end, float lo,
                              float hi, float *restrict band, int64_t *restrict where,
                              int64_t cap, int64_t *above) {
     int64_t up = 0, found = 0, i = begin;

@@ -27,13 +27,14 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 
+_BASE = ("-O3", "-fPIC", "-shared", "-fno-math-errno")
 _FLAGS = (
-    ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp"),
-    ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd"),  # no OpenMP: one thread
-    ("-O3", "-fPIC", "-shared", "-fno-math-errno"),
+    (*_BASE, "-fopenmp", "-DTK_CLONES"),  # AVX2 and baseline clones, picked at load (x86-64)
+    (*_BASE, "-fopenmp"),  # no ifunc support (not glibc/ELF)
+    (*_BASE, "-fopenmp-simd"),  # no OpenMP: one thread
+    _BASE,
 )
 
 
@@ -60,8 +61,8 @@ class Kernels:
         keep: int,
         out: torch.Tensor,
         w: torch.Tensor | None,
-        buf: np.ndarray,
-        idx: np.ndarray | None = None,
+        buf: torch.Tensor,
+        idx: torch.Tensor | None = None,
         need: int | None = None,
     ) -> tuple[int, float, float | None]:
         """The mask of the `keep` largest |s| as 0/1 floats, if t is their threshold.
@@ -69,8 +70,8 @@ class Kernels:
         t is the need-th largest of |s[idx]| (need = keep and all of s without idx). Returns
         (count, t, sum(|w| * out) if w is given): count is keep if t was the exact threshold
         (ties at t then broken by index), else count(|s| >= t). `buf`: float32 scratch of
-        len(idx) (or s.numel()) values; 1 <= need <= that length. Callers check `usable` and
-        sizes (this runs every step for every layer).
+        len(idx) (or s.numel()) values, `idx` int64; 1 <= need <= that length. Callers check
+        `usable` and sizes (this runs every step for every layer, hence no checks here).
         """
         t, total = ctypes.c_float(), ctypes.c_double()
         count = self._among(
@@ -78,11 +79,11 @@ class Kernels:
             w.data_ptr() if w is not None else None,
             out.data_ptr(),
             s.numel(),
-            idx.ctypes.data if idx is not None else None,
-            s.numel() if idx is None else idx.size,
+            idx.data_ptr() if idx is not None else None,
+            s.numel() if idx is None else idx.numel(),
             keep if need is None else need,
             keep,
-            buf.ctypes.data,
+            buf.data_ptr(),
             ctypes.byref(t),
             ctypes.byref(total),
         )
@@ -98,8 +99,8 @@ class Kernels:
         w: torch.Tensor | None,
         lo: float,
         hi: float,
-        buf: np.ndarray,
-        where: np.ndarray,
+        buf: torch.Tensor,
+        where: torch.Tensor,
     ) -> tuple[int, float, int, int, float | None]:
         """The top-`keep` mask of |s| into out, if its threshold lies in [lo, hi].
 
@@ -123,9 +124,9 @@ class Kernels:
             keep,
             lo,
             hi,
-            buf.ctypes.data,
-            where.ctypes.data,
-            min(buf.size, where.size),
+            buf.data_ptr(),
+            where.data_ptr(),
+            min(buf.numel(), where.numel()),
             ctypes.byref(t),
             ctypes.byref(band),
             ctypes.byref(above),

@@ -45,9 +45,9 @@ class Selector:
         self._sample_idx: np.ndarray | None = None
         self._above: np.ndarray | None = None  # bool scratch of the input's size, reused
         self._band: np.ndarray | None = None
-        self._scratch: np.ndarray | None = None  # the kernels' band values
-        self._where: np.ndarray | None = None  # ... and their indices
-        self._candidates: np.ndarray | None = None  # the last band's indices
+        self._scratch: torch.Tensor | None = None  # the kernels' band values
+        self._where: torch.Tensor | None = None  # ... and their indices
+        self._candidates: torch.Tensor | None = None  # the last band's indices
         self._candidates_above = 0  # how many values were above them then
         self._candidates_n = 0  # the size of the tensor they index
         self._backoff = 0  # after the next failed try of the candidates, skip twice this
@@ -86,11 +86,11 @@ class Selector:
         """Candidates first, then brackets; (False, None) leaves the rest (NaN) to eager."""
         c, need = self._candidates, keep - self._candidates_above
         # the indices go to C unchecked: only candidates taken from a tensor of this size
-        usable_now = c is not None and self._candidates_n == s.numel() and 0 < need <= c.size
+        usable_now = c is not None and self._candidates_n == s.numel() and 0 < need <= c.numel()
         if usable_now and self._skip > 0:
             self._skip -= 1
         elif usable_now:
-            count, t, total = fused.topk_among(s, keep, out, w, self._values(c.size), c, need)
+            count, t, total = fused.topk_among(s, keep, out, w, self._values(c.numel()), c, need)
             if count == keep:
                 self.threshold, self._backoff = t, 0  # t: the next bracket's centre
                 return True, total
@@ -99,7 +99,7 @@ class Selector:
             self._backoff = self._skip = min(2 * self._backoff or 1, _MAX_BACKOFF)
         flat = s.numpy().reshape(-1)
         if self._where is None:
-            self._where = np.empty(_BAND, dtype=np.int64)
+            self._where = torch.empty(_BAND, dtype=torch.int64)
         where = self._where
         for attempt in range(3):
             lo, hi = self._bracket(flat, keep, attempt, signed=True)
@@ -109,7 +109,7 @@ class Selector:
             if count == keep:
                 self._adapt(t, band, lo, hi)
                 near = band <= 2 * _NEAR  # a warm band: keep it as the next candidates
-                self._candidates = where[:band].copy() if near else None
+                self._candidates = where[:band].clone() if near else None
                 self._candidates_above, self._candidates_n = above, s.numel()
                 return True, total
             if count != -2:  # not a miss: NaN scores, left to the eager path
@@ -158,10 +158,10 @@ class Selector:
         return out
 
     # -- CPU path ------------------------------------------------------------------------------
-    def _values(self, n: int) -> np.ndarray:
+    def _values(self, n: int) -> torch.Tensor:
         """float32 scratch of at least n values for the kernels, reused."""
-        if self._scratch is None or self._scratch.size < n:
-            self._scratch = np.empty(n, dtype=np.float32)
+        if self._scratch is None or self._scratch.numel() < n:
+            self._scratch = torch.empty(n)
         return self._scratch
 
     def _threshold_cpu(self, a: np.ndarray, keep: int) -> tuple[float, int]:
