@@ -10,7 +10,12 @@ same step written by hand in eager PyTorch without ticketkit (`minimal`): the fl
 arithmetic without fused kernels.
 
     python benchmarks/mask_overhead.py [--batch 128] [--steps 10] [--rounds 9] [--threads N]
-                                       [--archs conv4,mlp] [--lr 0.01]
+                                       [--archs conv4,mlp] [--lr 0.01] [--malloc-defaults]
+
+As in ticketkit's training loop, glibc's malloc keeps the memory a step frees for the next
+(`retain_freed_memory`); `--malloc-defaults` measures with glibc's own thresholds, under which
+each step faults freed pages back in (thousands a step for conv4; for the mlp it depends on
+what else the process allocated, so that column's ratios drift between runs).
 
 The learning rate matters for the selection: at a small one (late in a cosine schedule, or
 fine-grained score training) the threshold's neighbours of the last step still hold it and the
@@ -33,6 +38,7 @@ import ticketkit.core.sparsity as sparsity_module
 from ticketkit.core.data import InputSpec
 from ticketkit.core.model import build_model
 from ticketkit.core.select import Selector, kept_count
+from ticketkit.core.train import retain_freed_memory
 from ticketkit.plugin import Setup
 from ticketkit.plugins.methods.biprop import Biprop, BipropOptions
 
@@ -190,14 +196,20 @@ def main() -> None:
         default=Stepper.lr,
         help="SGD learning rate: how far scores move per step (the recipes start at 0.1)",
     )
+    parser.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are (the training loop raises them)",
+    )
     args = parser.parse_args()
+    retained = not args.malloc_defaults and retain_freed_memory()
     Stepper.lr = args.lr
     torch.set_num_threads(args.threads)
     spec = InputSpec(1, 28, 28, 10)  # Fashion-MNIST shape
     print(
         f"batch {args.batch}, {args.threads} threads, torch {torch.__version__}, k=0.5, "
-        f"lr {args.lr}, "
-        f"median of {args.rounds} interleaved rounds"
+        f"lr {args.lr}, median of {args.rounds} interleaved rounds, "
+        f"malloc {'keeps freed memory' if retained else 'defaults'}"
     )
     print(
         f"{'arch':6} {'dense ms':>9} {'biprop ms':>10} {'ratio':>6} {'eager':>6} {'kthvalue':>9} "

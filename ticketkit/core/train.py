@@ -8,8 +8,11 @@ Progress goes to a `Reporter` (the CLI draws it with rich on stderr); the engine
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
 import time
+from functools import cache
 from typing import Any, Protocol
 
 import torch
@@ -51,6 +54,27 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+@cache
+def retain_freed_memory() -> bool:
+    """Keep the memory one training step frees for the next (glibc); True if it was set.
+
+    Each step frees and reallocates the same tensors (gradients, effective weights, optimizer
+    temporaries). glibc hands free memory at the top of its heap back to the kernel once more
+    than its trim threshold (by default twice the largest block freed so far) lies there,
+    and the next step faults every page of it back in: measured up to ~90 minor faults per
+    step of a biprop mlp, ~0.2 ms of a 2 ms step. Raised thresholds keep those pages, as
+    PyTorch's caching allocator does on the GPU; blocks of 32 MiB and more still come and go.
+    """
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return False
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ValueError, OSError, AttributeError):  # not glibc, or no such symbol
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 256 << 20))
 
 
 def lr_factor(cfg: Any, epoch: int) -> float:
@@ -117,6 +141,7 @@ def fit(
 ) -> dict[str, Any]:
     """Train `model` with `method` for cfg.epochs; returns the last metrics record."""
     reporter = reporter or Silent()
+    retain_freed_memory()
     device = resolve_device(cfg.device)
     model.to(device)
     optimizers = method.optimizers(model, make_optimizer_factory(cfg))
