@@ -2,14 +2,14 @@
 
 Same architecture, batch, data and thread count; the dense step trains the weights with SGD,
 the biprop step trains the scores (top-k selection, binarisation, straight-through backward).
-Steppers run in alternating rounds (so machine drift hits all of them) and the median step
-time of each is compared. Also shown: the same biprop step on the eager path (`eager`: no
-compiled kernels, what a machine without a C compiler runs), with a plain `torch.kthvalue`
-threshold, with a full sort per step (what the reference code does), and, for the mlp, the
-same step written by hand in eager PyTorch without ticketkit (`minimal`): the floor for this
-arithmetic without fused kernels.
+Steppers run in alternating rounds, and each ratio is the median over rounds of a step's time
+over the dense step's time in the same round (so machine drift cancels). Also shown: the
+same biprop step on the eager path (`eager`: no compiled kernels, what a machine without a C
+compiler runs), with a plain `torch.kthvalue` threshold, with a full sort per step (what the
+reference code does), and, for the mlp, the same step written by hand in eager PyTorch
+without ticketkit (`minimal`): the floor for this arithmetic without fused kernels.
 
-    python benchmarks/mask_overhead.py [--batch 128] [--steps 10] [--rounds 9] [--threads N]
+    python benchmarks/mask_overhead.py [--batch 128] [--steps 10] [--rounds 15] [--threads N]
                                        [--archs conv4,mlp] [--lr 0.01] [--malloc-defaults]
 
 As in ticketkit's training loop, glibc's malloc keeps the memory a step frees for the next
@@ -162,15 +162,26 @@ def _without_kernels():
         select_module.kernels, sparsity_module.kernels = saved
 
 
-def interleaved(steppers: dict[str, Stepper], steps: int, rounds: int) -> dict[str, float]:
-    """Median step time of each stepper, measured in alternating rounds."""
+def interleaved(
+    steppers: dict[str, Stepper], steps: int, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(median step time, median ratio to "dense" within the same round) of each stepper.
+
+    Rounds alternate the steppers, the dense one first; a ratio compares two measurements
+    taken moments apart, so the host's slow drifts (this VM's speed changes by up to 1.7x
+    between minutes) cancel in it instead of landing on one column.
+    """
     for run in steppers.values():
         run(max(steps // 5, 1))  # warm up
     times: dict[str, list[float]] = {name: [] for name in steppers}
     for _ in range(rounds):
         for name, run in steppers.items():
             times[name].append(run(steps))
-    return {name: statistics.median(t) for name, t in times.items()}
+    ratios = {
+        name: statistics.median(a / d for a, d in zip(t, times["dense"], strict=True))
+        for name, t in times.items()
+    }
+    return {name: statistics.median(t) for name, t in times.items()}, ratios
 
 
 def biprop_model(arch: str, spec: InputSpec, selector: type[Selector] | None = None):
@@ -186,8 +197,8 @@ def biprop_model(arch: str, spec: InputSpec, selector: type[Selector] | None = N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10, help="steps per round (x20 for the mlp)")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=10, help="steps per round (x5 for the mlp)")
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--archs", default="conv4,mlp")
     parser.add_argument(
@@ -208,7 +219,7 @@ def main() -> None:
     spec = InputSpec(1, 28, 28, 10)  # Fashion-MNIST shape
     print(
         f"batch {args.batch}, {args.threads} threads, torch {torch.__version__}, k=0.5, "
-        f"lr {args.lr}, median of {args.rounds} interleaved rounds, "
+        f"lr {args.lr}, ratios: median over {args.rounds} rounds of paired steps, "
         f"malloc {'keeps freed memory' if retained else 'defaults'}"
     )
     print(
@@ -219,7 +230,7 @@ def main() -> None:
         torch.manual_seed(0)
         x = torch.randn(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (args.batch,))
-        steps = args.steps * (20 if arch == "mlp" else 1)
+        steps = args.steps * (5 if arch == "mlp" else 1)
         dense_model = build_model(arch, spec, bias=False)
         steppers = {
             "dense": Stepper(dense_model, x, y),
@@ -230,13 +241,11 @@ def main() -> None:
         }
         if arch == "mlp":
             steppers["minimal"] = Stepper(MinimalMLP(dense_model, 0.5), x, y)
-        t = interleaved(steppers, steps, args.rounds)
-        dense = t["dense"]
-        minimal = f"{t['minimal'] / dense:8.3f}" if "minimal" in t else f"{'-':>8}"
+        t, ratio = interleaved(steppers, steps, args.rounds)
+        minimal = f"{ratio['minimal']:8.3f}" if "minimal" in ratio else f"{'-':>8}"
         print(
-            f"{arch:6} {dense * 1e3:9.2f} {t['biprop'] * 1e3:10.2f} {t['biprop'] / dense:6.3f} "
-            f"{t['eager'] / dense:6.3f} {t['kthvalue'] / dense:9.3f} {t['sort'] / dense:6.3f} "
-            f"{minimal}"
+            f"{arch:6} {t['dense'] * 1e3:9.2f} {t['biprop'] * 1e3:10.2f} {ratio['biprop']:6.3f} "
+            f"{ratio['eager']:6.3f} {ratio['kthvalue']:9.3f} {ratio['sort']:6.3f} {minimal}"
         )
 
 
