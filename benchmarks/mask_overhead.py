@@ -9,7 +9,7 @@ compiler runs), with a plain `torch.kthvalue` threshold, with a full sort per st
 reference code does), and, for the mlp, the same step written by hand in eager PyTorch
 without ticketkit (`minimal`): the floor for this arithmetic without fused kernels.
 
-    python benchmarks/mask_overhead.py [--batch 128] [--steps 10] [--rounds 15] [--threads N]
+    python benchmarks/mask_overhead.py [--batch 128] [--steps 10] [--rounds 9] [--threads N]
                                        [--archs conv4,mlp] [--lr 0.01] [--malloc-defaults]
 
 As in ticketkit's training loop, glibc's malloc keeps the memory a step frees for the next
@@ -197,8 +197,8 @@ def biprop_model(arch: str, spec: InputSpec, selector: type[Selector] | None = N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10, help="steps per round (x5 for the mlp)")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=10, help="steps per round (x20 for the mlp)")
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--archs", default="conv4,mlp")
     parser.add_argument(
@@ -230,7 +230,7 @@ def main() -> None:
         torch.manual_seed(0)
         x = torch.randn(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (args.batch,))
-        steps = args.steps * (5 if arch == "mlp" else 1)
+        steps = args.steps * (20 if arch == "mlp" else 1)
         dense_model = build_model(arch, spec, bias=False)
         steppers = {
             "dense": Stepper(dense_model, x, y),
