@@ -29,7 +29,8 @@
 /* m[i] = |s[i]| >= t (1.0 or 0.0). Returns the number of ones and stores in *ties how many of
  * them equal t, and, when w is not NULL, sum(|w[i]| * m[i]) in *total. Returns -1 if out of
  * memory. */
-CLONES static int64_t topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
+CLONES
+static int64_t topk_mask(const float *restrict s, const float *restrict w, float *restrict m,
                          int64_t n, float t, double *total, int64_t *ties) {
     int64_t blocks = (n + BLOCK - 1) / BLOCK;
     float *sums = w ? malloc(sizeof(float) * (size_t)(blocks ? blocks : 1)) : NULL;
@@ -92,7 +93,8 @@ static int64_t topk_finish(const float *restrict s, const float *restrict w, flo
 }
 
 /* out[i] = g[i] * w[i] * sign(s[i]): the straight-through gradient of a top-k mask on |s|. */
-CLONES void tk_score_grad(const float *restrict g, const float *restrict w, const float *restrict s,
+CLONES
+void tk_score_grad(const float *restrict g, const float *restrict w, const float *restrict s,
                    float *restrict out, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= PARALLEL)
     for (int64_t i = 0; i < n; i++) {
@@ -147,7 +149,8 @@ int64_t tk_topk_among(const float *restrict s, const float *restrict w, float *r
  * go to band and their indices to where (at most cap; returns -1 beyond), and *above counts
  * those > hi. Vectorised over groups of 32, looking one by one only into the few groups that
  * hold a band value. */
-CLONES static int64_t bracket_range(const float *restrict s, int64_t begin, int64_t end, float lo,
+CLONES
+static int64_t bracket_range(const float *restrict s, int64_t begin, int64_t end, float lo,
                              float hi, float *restrict band, int64_t *restrict where,
                              int64_t cap, int64_t *above) {
     int64_t up = 0, found = 0, i = begin;
@@ -216,7 +219,8 @@ static int64_t bracket(const float *restrict s, int64_t n, float lo, float hi,
 }
 
 /* The exact top-`keep` mask of |s| when its threshold lies in [lo, hi]: one bracket scan,
- * a partition of the band, one mask pass (topk_finish). Returns keep, or -2 if the threshold is outside the bracket or the band holds more than cap values.
+ * a partition of the band, one mask pass (topk_finish). Returns keep, or -2 if the
+ * threshold is outside the bracket or the band holds more than cap values.
  * The band's indices are left in where[0 .. *band_size) (memory order) and the number of
  * values above it in *above: the next step's candidates. */
 int64_t tk_topk_bracket(const float *restrict s, const float *restrict w, float *restrict m,
