@@ -35,32 +35,22 @@ static int64_t topk_mask(const float *restrict s, const float *restrict w, float
     int64_t blocks = (n + BLOCK - 1) / BLOCK;
     float *sums = w ? malloc(sizeof(float) * (size_t)(blocks ? blocks : 1)) : NULL;
     if (w && !sums) return -1;
+    const float *mag = w ? w : s; /* without w, acc sums |s| m, dropped */
     int64_t count = 0, equal = 0;
 #pragma omp parallel for reduction(+ : count, equal) schedule(static) if (n >= PARALLEL)
     for (int64_t b = 0; b < blocks; b++) {
         int64_t lo = b * BLOCK, hi = lo + BLOCK < n ? lo + BLOCK : n;
         float ones = 0.f, same = 0.f, acc = 0.f;
-        if (w) {
 #pragma omp simd reduction(+ : ones, same, acc)
-            for (int64_t i = lo; i < hi; i++) {
-                float a = fabsf(s[i]);
-                float k = a >= t ? 1.f : 0.f;
-                m[i] = k;
-                ones += k;
-                same += a == t ? 1.f : 0.f;
-                acc += k * fabsf(w[i]);
-            }
-            sums[b] = acc;
-        } else {
-#pragma omp simd reduction(+ : ones, same)
-            for (int64_t i = lo; i < hi; i++) {
-                float a = fabsf(s[i]);
-                float k = a >= t ? 1.f : 0.f;
-                m[i] = k;
-                ones += k;
-                same += a == t ? 1.f : 0.f;
-            }
+        for (int64_t i = lo; i < hi; i++) {
+            float a = fabsf(s[i]);
+            float k = a >= t ? 1.f : 0.f;
+            m[i] = k;
+            ones += k;
+            same += a == t ? 1.f : 0.f;
+            acc += k * fabsf(mag[i]);
         }
+        if (w) sums[b] = acc;
         count += (int64_t)ones; /* exact: a block holds at most 4096 ones */
         equal += (int64_t)same;
     }
