@@ -152,11 +152,12 @@ def test_every_flag_set_gives_the_same_results(tmp_path):
         count, t, band, above, total = built.topk_bracket(
             s, 100_000, out, w, 0.95 * t_true, 1.05 * t_true, buf, where
         )
-        results.append((count, t, band, above, total, out, built.score_grad(g, w, s)))
+        binary = built.binary_weight(w, out, torch.tensor(0.25))
+        results.append((count, t, band, above, total, out, built.score_grad(g, w, s), binary))
     first = results[0]
     for other in results[1:]:
         assert other[:4] == first[:4] and other[4] == pytest.approx(first[4], rel=1e-6)
-        assert torch.equal(other[5], first[5]) and torch.equal(other[6], first[6])
+        assert all(torch.equal(a, b) for a, b in zip(other[5:], first[5:], strict=True))
 
 
 def test_score_grad_is_bitwise_the_eager_formula():
@@ -169,6 +170,35 @@ def test_score_grad_is_bitwise_the_eager_formula():
     g2 = torch.randn(20, 30, generator=gen).t()
     w2, s2 = torch.randn(30, 20, generator=gen), torch.randn(30, 20, generator=gen)
     assert torch.equal(kernels().score_grad(g2, w2, s2), torch.sign(s2) * w2 * g2)
+
+
+def test_binary_weight_is_bitwise_the_eager_formula():
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(50_000, generator=gen)
+    w[:10] = 0.0  # sign(0) = 0
+    m = (torch.rand(50_000, generator=gen) < 0.3).float()
+    alpha = torch.tensor(0.0371)
+    fused = kernels().binary_weight(w, m, alpha)
+    eager = torch.addcmul(torch.zeros(()), torch.sign(w), m, value=alpha.item())
+    assert torch.equal(fused, eager)
+    assert not torch.signbit(fused[m == 0]).any()  # +0 where pruned, as eager (not -0)
+
+
+def test_an_exact_mask_sets_alpha_on_the_way():
+    gen = torch.Generator().manual_seed(6)
+    s, w = torch.randn(30_000, generator=gen), torch.randn(30_000, generator=gen)
+    keep, t_true = 7_000, _kth_largest_abs(s, 7_000)
+    out, alpha = torch.empty_like(s), torch.full((), -1.0)
+    buf, where = torch.empty(1 << 16), torch.empty(1 << 16, dtype=torch.int64)
+    count = kernels().topk_bracket(s, keep, out, w, 0.9 * t_true, 1.1 * t_true, buf, where, alpha)
+    reference = float((w.double().abs() * out.double()).sum()) / keep
+    assert count[0] == keep and float(alpha) == pytest.approx(reference, rel=1e-6)
+    alpha.fill_(-1.0)  # a missed bracket leaves it alone
+    missed = kernels().topk_bracket(s, keep, out, w, 2 * t_true, 3 * t_true, buf, where, alpha)
+    assert missed[0] == -2
+    assert float(alpha) == -1.0
+    assert kernels().topk_among(s, keep, out, w, torch.empty(30_000), alpha=alpha)[0] == keep
+    assert float(alpha) == pytest.approx(reference, rel=1e-6)
 
 
 def test_usable_only_for_contiguous_float32_on_cpu():

@@ -67,11 +67,13 @@ static int64_t topk_mask(const float *restrict s, const float *restrict w, float
 /* The mask of the `keep` largest |s| given a candidate threshold t: one mask pass, then, if
  * t is exact (count(|s| > t) < keep <= count(|s| >= t)) and values tie at t, the ties of
  * highest index are dropped (lowest index first, as the eager path). Returns keep when t was
- * exact, else count(|s| >= t); -1 if out of memory. */
+ * exact, else count(|s| >= t); -1 if out of memory. When t was exact and w and alpha are not
+ * NULL, *alpha = sum(|w| m) / keep: the binary scale, written here so that the caller makes
+ * no tensor call for it. */
 static int64_t topk_finish(const float *restrict s, const float *restrict w, float *restrict m,
-                           int64_t n, int64_t keep, float t, double *total) {
+                           int64_t n, int64_t keep, float t, double *total, float *alpha) {
     int64_t ties, count = topk_mask(s, w, m, n, t, total, &ties);
-    if (count <= keep || count - ties >= keep) return count;
+    if (count < keep || (count > keep && count - ties >= keep)) return count;
     for (int64_t i = n - 1, excess = count - keep; i >= 0 && excess > 0; i--) {
         if (fabsf(s[i]) == t) {
             m[i] = 0.f;
@@ -79,6 +81,7 @@ static int64_t topk_finish(const float *restrict s, const float *restrict w, flo
             if (w) *total -= fabsf(w[i]);
         }
     }
+    if (w && alpha) *alpha = (float)(*total / (double)keep);
     return keep;
 }
 
@@ -90,6 +93,20 @@ void tk_score_grad(const float *restrict g, const float *restrict w, const float
     for (int64_t i = 0; i < n; i++) {
         float sign = (float)((s[i] > 0.f) - (s[i] < 0.f));
         out[i] = sign * w[i] * g[i];
+    }
+}
+
+/* out[i] = *alpha * sign(w[i]) * m[i]: a binary layer's effective weight, with the sign taken
+ * from w on the way (a cached sign tensor would be one more weight-sized buffer in the cache).
+ * "+ 0.f" turns -0 into +0, as torch.addcmul(0, sign(w), m, value=alpha) gives. */
+CLONES
+void tk_binary_weight(const float *restrict w, const float *restrict m, float *restrict out,
+                      int64_t n, const float *alpha_at) {
+    float alpha = *alpha_at;
+#pragma omp parallel for simd schedule(static) if (n >= PARALLEL)
+    for (int64_t i = 0; i < n; i++) {
+        float sign = (float)((w[i] > 0.f) - (w[i] < 0.f));
+        out[i] = sign * m[i] * alpha + 0.f;
     }
 }
 
@@ -126,13 +143,14 @@ static float select_rank(float *v, int64_t n, int64_t j) {
  * whatever else moved. */
 int64_t tk_topk_among(const float *restrict s, const float *restrict w, float *restrict m,
                       int64_t n, const int64_t *restrict idx, int64_t count, int64_t need,
-                      int64_t keep, float *restrict buf, float *t, double *total) {
+                      int64_t keep, float *restrict buf, float *t, double *total,
+                      float *alpha) {
     if (idx)
         for (int64_t i = 0; i < count; i++) buf[i] = fabsf(s[idx[i]]);
     else
         for (int64_t i = 0; i < count; i++) buf[i] = fabsf(s[i]);
     *t = select_rank(buf, count, count - need);
-    return topk_finish(s, w, m, n, keep, *t, total);
+    return topk_finish(s, w, m, n, keep, *t, total, alpha);
 }
 
 /* One range of the bracket scan: values of |s[i]|, i in [begin, end), that lie in [lo, hi]
@@ -216,10 +234,10 @@ static int64_t bracket(const float *restrict s, int64_t n, float lo, float hi,
 int64_t tk_topk_bracket(const float *restrict s, const float *restrict w, float *restrict m,
                         int64_t n, int64_t keep, float lo, float hi, float *restrict buf,
                         int64_t *restrict where, int64_t cap, float *t, int64_t *band_size,
-                        int64_t *above, double *total) {
+                        int64_t *above, double *total, float *alpha) {
     int64_t found = bracket(s, n, lo, hi, buf, where, cap, above);
     *band_size = found;
     if (found < 0 || *above >= keep || *above + found < keep) return -2;
     *t = select_rank(buf, found, found - (keep - *above));
-    return topk_finish(s, w, m, n, keep, *t, total);
+    return topk_finish(s, w, m, n, keep, *t, total, alpha);
 }

@@ -45,15 +45,18 @@ class Kernels:
         self._among = lib.tk_topk_among
         self._among.restype = ctypes.c_int64
         self._among.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
-        self._among.argtypes += [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3
+        self._among.argtypes += [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 4
         self._bracket = lib.tk_topk_bracket
         self._bracket.restype = ctypes.c_int64
         self._bracket.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
         self._bracket.argtypes += [ctypes.c_float] * 2 + [ctypes.c_void_p] * 2
-        self._bracket.argtypes += [ctypes.c_int64] + [ctypes.c_void_p] * 4
+        self._bracket.argtypes += [ctypes.c_int64] + [ctypes.c_void_p] * 5
         self._grad = lib.tk_score_grad
         self._grad.restype = None
         self._grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64]
+        self._binary = lib.tk_binary_weight
+        self._binary.restype = None
+        self._binary.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
 
     def topk_among(
         self,
@@ -64,14 +67,16 @@ class Kernels:
         buf: torch.Tensor,
         idx: torch.Tensor | None = None,
         need: int | None = None,
+        alpha: torch.Tensor | None = None,
     ) -> tuple[int, float, float | None]:
         """The mask of the `keep` largest |s| as 0/1 floats, if t is their threshold.
 
         t is the need-th largest of |s[idx]| (need = keep and all of s without idx). Returns
         (count, t, sum(|w| * out) if w is given): count is keep if t was the exact threshold
         (ties at t then broken by index), else count(|s| >= t). `buf`: float32 scratch of
-        len(idx) (or s.numel()) values, `idx` int64; 1 <= need <= that length. Callers check
-        `usable` and sizes (this runs every step for every layer, hence no checks here).
+        len(idx) (or s.numel()) values, `idx` int64; 1 <= need <= that length. With w, an
+        exact result also sets the float32 scalar `alpha` to sum(|w| * out) / keep. Callers
+        check `usable` and sizes (this runs every step for every layer, hence no checks here).
         """
         t, total = ctypes.c_float(), ctypes.c_double()
         count = self._among(
@@ -86,6 +91,7 @@ class Kernels:
             buf.data_ptr(),
             ctypes.byref(t),
             ctypes.byref(total),
+            alpha.data_ptr() if alpha is not None else None,
         )
         if count < 0:
             raise MemoryError("tk_topk_among")
@@ -101,6 +107,7 @@ class Kernels:
         hi: float,
         buf: torch.Tensor,
         where: torch.Tensor,
+        alpha: torch.Tensor | None = None,
     ) -> tuple[int, float, int, int, float | None]:
         """The top-`keep` mask of |s| into out, if its threshold lies in [lo, hi].
 
@@ -108,7 +115,7 @@ class Kernels:
         indices into `where` (int64; both of the band's capacity); a partition of the band gives
         t; one pass writes the mask. Returns (count, t, band size, count above the band,
         sum(|w| * out) if w given); count is keep (ties at t broken by index), or -2 if the
-        bracket missed or the band overflowed.
+        bracket missed or the band overflowed. `alpha` as in `topk_among`.
         """
         t, band, above, total = (
             ctypes.c_float(),
@@ -131,6 +138,7 @@ class Kernels:
             ctypes.byref(band),
             ctypes.byref(above),
             ctypes.byref(total),
+            alpha.data_ptr() if alpha is not None else None,
         )
         if count == -1:
             raise MemoryError("tk_topk_bracket")
@@ -147,6 +155,15 @@ class Kernels:
         g = g.contiguous()
         out = torch.empty_like(g)
         self._grad(g.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), g.numel())
+        return out
+
+    def binary_weight(self, w: torch.Tensor, m: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """alpha * sign(w) * m in one pass; w, m and the scalar alpha `usable` (the caller checks).
+
+        alpha is read through its pointer: `.item()` would be one more tensor call per layer.
+        """
+        out = torch.empty_like(w)
+        self._binary(w.data_ptr(), m.data_ptr(), out.data_ptr(), w.numel(), alpha.data_ptr())
         return out
 
 

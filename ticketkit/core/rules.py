@@ -73,14 +73,15 @@ class TopK(MaskRule):
             for layer in layers:
                 param = layer.param
                 keep = kept_count(layer.numel, self.k)
-                # binary layers with one alpha get sum(|W| m) from the fused mask pass
-                w = layer.weight if param.binary and param.alpha_mode == "layer" else None
-                layer.kept_magnitude = self._selector(layer.path).top_abs(
-                    layer.scores.detach(),  # type: ignore[union-attr]
+                # binary layers with one alpha get it from the fused mask pass
+                one = param.binary and param.alpha_mode == "layer"
+                layer.alpha_set = self._selector(layer.path).top_abs(
+                    layer.scores,  # type: ignore[arg-type]
                     keep,
                     param.mask,
                     param.scratch,
-                    w.detach() if w is not None else None,
+                    layer.weight if one else None,
+                    param.alpha if one else None,
                 )
                 if param.kept != keep:
                     param.kept = keep

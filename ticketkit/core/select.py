@@ -60,62 +60,71 @@ class Selector:
         out: torch.Tensor,
         scratch: torch.Tensor,
         w: torch.Tensor | None = None,
-    ) -> float | None:
+        alpha: torch.Tensor | None = None,
+    ) -> bool:
         """Write the float mask of the `keep` largest |s| into `out` (ties by index).
 
-        `scratch` (s's shape) may receive |s|. Returns sum(|w| * mask) when `w` is given and
-        the compiled kernels computed it on the way, else None.
+        `scratch` (s's shape) may receive |s|. Given `w` and the scalar `alpha` (a binary
+        layer's scale), the compiled kernels also set alpha = sum(|w| * mask) / keep on the
+        way; returns whether they did (else the caller computes it).
         """
         n = s.numel()
-        fused = kernels() if 0 < keep < n and usable(s, out) and (w is None or usable(w)) else None
+        fused = None
+        if 0 < keep < n and usable(s, out) and (w is None or usable(w, alpha)):
+            fused = kernels()
         if fused is not None:
             if n <= _SMALL:
-                count, _, total = fused.topk_among(s, keep, out, w, self._values(n))
+                count = fused.topk_among(s, keep, out, w, self._values(n), alpha=alpha)[0]
                 if count == keep:
-                    return total
-            else:
-                done, total = self._fused_large(fused, s, keep, out, w)
-                if done:
-                    return total
+                    return w is not None
+            elif self._fused_large(fused, s, keep, out, w, alpha):
+                return w is not None
         self.select(torch.abs(s, out=scratch).view(-1), keep, out)  # the exact eager path
-        return None
+        return False
 
     def _fused_large(
-        self, fused: Kernels, s: torch.Tensor, keep: int, out: torch.Tensor, w: torch.Tensor | None
-    ) -> tuple[bool, float | None]:
-        """Candidates first, then brackets; (False, None) leaves the rest (NaN) to eager."""
+        self,
+        fused: Kernels,
+        s: torch.Tensor,
+        keep: int,
+        out: torch.Tensor,
+        w: torch.Tensor | None,
+        alpha: torch.Tensor | None,
+    ) -> bool:
+        """Candidates first, then brackets; False leaves the rest (NaN) to the eager path."""
         c, need = self._candidates, keep - self._candidates_above
         # the indices go to C unchecked: only candidates taken from a tensor of this size
         usable_now = c is not None and self._candidates_n == s.numel() and 0 < need <= c.numel()
         if usable_now and self._skip > 0:
             self._skip -= 1
         elif usable_now:
-            count, t, total = fused.topk_among(s, keep, out, w, self._values(c.numel()), c, need)
+            values = self._values(c.numel())
+            count, t, _ = fused.topk_among(s, keep, out, w, values, c, need, alpha)
             if count == keep:
                 self.threshold, self._backoff = t, 0  # t: the next bracket's centre
-                return True, total
+                return True
             # early in training scores jump across the threshold from anywhere: skip the next
             # 1, 2, 4 ... steps' tries, each failed try costs a pass
             self._backoff = self._skip = min(2 * self._backoff or 1, _MAX_BACKOFF)
-        flat = s.numpy().reshape(-1)
+        flat = s.detach().numpy().reshape(-1)
         if self._where is None:
             self._where = torch.empty(_BAND, dtype=torch.int64)
         where = self._where
         for attempt in range(3):
             lo, hi = self._bracket(flat, keep, attempt, signed=True)
-            count, t, band, above, total = fused.topk_bracket(
-                s, keep, out, w, lo, hi, self._values(_BAND), where
+            count, t, band, above, _ = fused.topk_bracket(
+                s, keep, out, w, lo, hi, self._values(_BAND), where, alpha
             )
             if count == keep:
                 self._adapt(t, band, lo, hi)
                 near = band <= 2 * _NEAR  # a warm band: keep it as the next candidates
                 self._candidates = where[:band].clone() if near else None
                 self._candidates_above, self._candidates_n = above, s.numel()
-                return True, total
+                return True
             if count != -2:  # not a miss: NaN scores, left to the eager path
                 break
             self.threshold = None  # the bracket missed: go cold, and wider
-        return False, None
+        return False
 
     def select(self, a: torch.Tensor, keep: int, out: torch.Tensor) -> None:
         """Write the mask of the `keep` largest entries of flat `a` into `out` (ties by index).

@@ -152,10 +152,12 @@ class MaskedWeight(nn.Module):
         """W_eff = W * m, or alpha * sign(W) * m for binary layers (no autograd of its own)."""
         if not self.binary:
             return w * self.mask
-        signs = self.signs(w)[0]
         if self.alpha.dim() == 0 and self.alpha.is_cpu:  # one pass instead of two
-            return torch.addcmul(_ZERO, signs, self.mask, value=self.alpha.item())
-        return torch.mul(signs, self.mask).mul_(self.alpha)
+            fused = kernels()
+            if fused is not None and usable(w, self.mask, self.alpha):
+                return fused.binary_weight(w, self.mask, self.alpha)
+            return torch.addcmul(_ZERO, self.signs(w)[0], self.mask, value=self.alpha.item())
+        return torch.mul(self.signs(w)[0], self.mask).mul_(self.alpha)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.scores is not None and torch.is_grad_enabled():
@@ -177,7 +179,7 @@ class Layer:
     weight: torch.Tensor = field(init=False)  # the stored (original) weight, before masking
     scores: torch.Tensor | None = field(init=False)
     numel: int = field(init=False)
-    kept_magnitude: float | None = None  # sum(|W| m), from a rule that computed it on the way
+    alpha_set: bool = False  # a rule set the binary scale on the way (see `refresh`)
 
     def __post_init__(self) -> None:
         self.param = self.module.parametrizations.weight[0]  # type: ignore[index,assignment]
@@ -322,11 +324,9 @@ class Sparsifier:
         with torch.no_grad():
             for layer in self.layers:
                 param = layer.param
-                if param.binary and layer.kept_magnitude is not None and param.kept:
-                    param.alpha.fill_(layer.kept_magnitude / param.kept)
-                elif param.binary:
+                if param.binary and not layer.alpha_set:
                     scale_of(param.signs(layer.weight)[1], layer.mask, param.alpha, param.kept)
-                layer.kept_magnitude = None  # used once: a later rule may not set it
+                layer.alpha_set = False  # used once: a later rule may not set it
         self._seen, self._steps, self._mode = versions, _steps, training  # rules never touch scores
 
     def freeze(self) -> None:
