@@ -46,8 +46,9 @@ from ticketkit.plugins.methods.biprop import Biprop, BipropOptions
 class _ReplacedSelector(Selector):
     """A selection replaced by `select` alone: no warm candidates, no fused mask pass."""
 
-    def top_abs(self, s, keep, out, scratch, w=None):
+    def top_abs(self, s, keep, out, scratch, w=None, alpha=None):
         self.select(torch.abs(s, out=scratch).view(-1), keep, out)
+        return False  # alpha is left to the caller
 
 
 class KthvalueSelector(_ReplacedSelector):

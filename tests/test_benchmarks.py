@@ -1,0 +1,34 @@
+"""The benchmarks still run against the current API (tiny sizes; their numbers are not checked)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, *args: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("malloc", [[], ["--malloc-defaults"]])
+def test_mask_overhead_prints_every_column(malloc):
+    lines = _run("mask_overhead.py", "--archs", "mlp", "--steps", "1", "--rounds", "1", *malloc)
+    header, row = lines[-2].split(), lines[-1].split()
+    assert header[0] == "arch" and row[0] == "mlp"
+    assert len(row) == len(header) - 2  # "dense ms" and "biprop ms" are two words each
+    assert all(float(x) > 0 for x in row[1:])
+
+
+def test_bip_cost_prints_its_ratio():
+    lines = _run("bip_cost.py", "--arch", "mlp", "--batch", "16", "--steps", "1", "--rounds", "1")
+    assert float(lines[-1].split("| ratio")[1]) > 0, lines
