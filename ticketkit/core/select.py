@@ -64,9 +64,9 @@ class Selector:
     ) -> bool:
         """Write the float mask of the `keep` largest |s| into `out` (ties by index).
 
-        `scratch` (s's shape) may receive |s|. Given `w` and the scalar `alpha` (a binary
-        layer's scale), the compiled kernels also set alpha = sum(|w| * mask) / keep on the
-        way; returns whether they did (else the caller computes it).
+        `scratch` (s's shape) may receive |s|. `w` and the scalar `alpha` (a binary layer's
+        scale) come together: the compiled kernels then set alpha = sum(|w| * mask) / keep
+        on the way. Returns whether they did (else the caller computes alpha).
         """
         n = s.numel()
         fused = None
