@@ -46,7 +46,10 @@ from ticketkit.plugins.methods.biprop import Biprop, BipropOptions
 class _ReplacedSelector(Selector):
     """A selection replaced by `select` alone: no warm candidates, no fused mask pass."""
 
-    def top_abs(self, s, keep, out, scratch, w=None, alpha=None):
+    def warm_row(self, s, keep, out, w, alpha):
+        return None  # no warm tries: every step goes to top_abs
+
+    def top_abs(self, s, keep, out, scratch, w=None, alpha=None, warm=True):
         self.select(torch.abs(s, out=scratch).view(-1), keep, out)
         return False  # alpha is left to the caller
 

@@ -32,3 +32,27 @@ def test_mask_overhead_prints_every_column(malloc):
 def test_bip_cost_prints_its_ratio():
     lines = _run("bip_cost.py", "--arch", "mlp", "--batch", "16", "--steps", "1", "--rounds", "1")
     assert float(lines[-1].split("| ratio")[1]) > 0, lines
+
+
+def test_mask_overhead_replaced_selectors_do_all_the_selection(monkeypatch):
+    """The kthvalue and sort columns time their own selection, never the fused warm path."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import mask_overhead
+    import torch
+
+    from ticketkit.core.data import InputSpec
+    from ticketkit.core.sparsity import sparsifier_of
+
+    calls = []
+
+    class Counting(mask_overhead.KthvalueSelector):
+        def select(self, a, keep, out):
+            calls.append(keep)
+            super().select(a, keep, out)
+
+    model = mask_overhead.biprop_model("mlp", InputSpec(1, 28, 28, 10), Counting)
+    step = mask_overhead.Stepper(model, torch.randn(4, 1, 28, 28), torch.arange(4))
+    step(3)
+    layers = sparsifier_of(model).layers
+    assert len(calls) == 3 * len(layers)  # every layer, every step
+    assert all(int(layer.mask.sum()) == layer.param.kept for layer in layers)

@@ -152,8 +152,9 @@ def test_every_flag_set_gives_the_same_results(tmp_path):
         count, t, band, above, total = built.topk_bracket(
             s, 100_000, out, w, 0.95 * t_true, 1.05 * t_true, buf, where
         )
-        binary = built.binary_weight(w, out, torch.tensor(0.25))
-        results.append((count, t, band, above, total, out, built.score_grad(g, w, s), binary))
+        (binary,) = built.binary_weights([w], [out], [torch.tensor(0.25)])
+        (grad,) = built.score_grads([g], [w], [s])
+        results.append((count, t, band, above, total, out, grad, binary))
     first = results[0]
     for other in results[1:]:
         assert other[:4] == first[:4] and other[4] == pytest.approx(first[4], rel=1e-6)
@@ -164,12 +165,12 @@ def test_score_grad_is_bitwise_the_eager_formula():
     gen = torch.Generator().manual_seed(1)
     g, w, s = (torch.randn(70_000, generator=gen) for _ in range(3))
     s[:10] = 0.0  # sign(0) = 0, as torch.sign
-    fused = kernels().score_grad(g, w, s)
-    assert torch.equal(fused, torch.sign(s).mul_(w).mul_(g))
-    # a non-contiguous gradient is made contiguous first
+    # a non-contiguous gradient is made contiguous first; layers of any size in one call
     g2 = torch.randn(20, 30, generator=gen).t()
     w2, s2 = torch.randn(30, 20, generator=gen), torch.randn(30, 20, generator=gen)
-    assert torch.equal(kernels().score_grad(g2, w2, s2), torch.sign(s2) * w2 * g2)
+    fused, fused2 = kernels().score_grads([g, g2], [w, w2], [s, s2])
+    assert torch.equal(fused, torch.sign(s).mul_(w).mul_(g))
+    assert torch.equal(fused2, torch.sign(s2) * w2 * g2)
 
 
 def test_binary_weight_is_bitwise_the_eager_formula():
@@ -178,10 +179,12 @@ def test_binary_weight_is_bitwise_the_eager_formula():
     w[:10] = 0.0  # sign(0) = 0
     m = (torch.rand(50_000, generator=gen) < 0.3).float()
     alpha = torch.tensor(0.0371)
-    fused = kernels().binary_weight(w, m, alpha)
+    w2, m2, alpha2 = w[:300].clone(), m[:300].clone(), torch.tensor(2.5)
+    fused, fused2 = kernels().binary_weights([w, w2], [m, m2], [alpha, alpha2])
     eager = torch.addcmul(torch.zeros(()), torch.sign(w), m, value=alpha.item())
     assert torch.equal(fused, eager)
     assert not torch.signbit(fused[m == 0]).any()  # +0 where pruned, as eager (not -0)
+    assert torch.equal(fused2, torch.sign(w2) * m2 * 2.5)
 
 
 def test_an_exact_mask_sets_alpha_on_the_way():
@@ -199,6 +202,32 @@ def test_an_exact_mask_sets_alpha_on_the_way():
     assert float(alpha) == -1.0
     assert kernels().topk_among(s, keep, out, w, torch.empty(30_000), alpha=alpha)[0] == keep
     assert float(alpha) == pytest.approx(reference, rel=1e-6)
+
+
+def test_topk_among_rows_is_topk_among_layer_by_layer():
+    """Several layers in one call: each row gives what its own call gives, alpha included."""
+    gen = torch.Generator().manual_seed(7)
+    sizes, keeps = (1_000, 30_000, 5), (500, 7_001, 2)
+    s = [torch.randn(n, generator=gen) for n in sizes]
+    w = [torch.randn(n, generator=gen) for n in sizes]
+    idx = torch.arange(0, 30_000, 3)  # candidates for the middle layer: not its threshold
+    rows, expected = [], []
+    for i, (n, keep) in enumerate(zip(sizes, keeps, strict=True)):
+        alpha, out, buf = torch.full((), -1.0), torch.empty(n), torch.empty(n)
+        cand, count = (idx, idx.numel()) if i == 1 else (None, n)
+        ref_out, ref_alpha = torch.empty(n), torch.full((), -1.0)
+        ref = kernels().topk_among(s[i], keep, ref_out, w[i], buf.clone(), cand, keep, ref_alpha)
+        expected.append((ref[0], ref[1], ref_out, ref_alpha))
+        ptrs = (cand.data_ptr() if cand is not None else 0, count, keep, keep, buf.data_ptr())
+        rows += [s[i].data_ptr(), w[i].data_ptr(), out.data_ptr(), n, *ptrs, alpha.data_ptr()]
+        expected[-1] += (out, alpha, buf)  # keep the buffers alive through the call
+    counts, ts = kernels().topk_among_rows(rows)
+    for count, t, (ref_count, ref_t, ref_out, ref_alpha, out, alpha, _) in zip(
+        counts, ts, expected, strict=True
+    ):
+        assert (count, t) == (ref_count, ref_t)
+        assert torch.equal(out, ref_out) and torch.equal(alpha, ref_alpha)
+    assert counts[0] == 500 and counts[1] != 7_001  # an exact layer and a miss, side by side
 
 
 def test_usable_only_for_contiguous_float32_on_cpu():

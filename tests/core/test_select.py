@@ -101,3 +101,47 @@ def test_top_abs_stays_exact_while_scores_drift(n, fused):
             reference = float((w.double().abs() * expected.double()).sum()) / keep
             assert float(alpha) == pytest.approx(reference, rel=1e-6)
     assert (writes > 0) == fused
+
+
+def test_top_abs_many_is_top_abs_layer_by_layer(fused, monkeypatch):
+    """Warm tries of several layers in one call give each layer's exact mask and alpha, through
+    drift (warm hits), a jump (misses, then backoff and brackets) and a change of k."""
+    from ticketkit.core.kernels import Kernels
+    from ticketkit.core.select import top_abs_many
+
+    batched = []
+    real = Kernels.topk_among_rows
+
+    def counting(self, rows):
+        batched.append(len(rows) // 10)
+        return real(self, rows)
+
+    monkeypatch.setattr(Kernels, "topk_among_rows", counting)
+
+    gen = torch.Generator().manual_seed(3)
+    sizes = (1000, 200_000, 30_000)
+    s = [torch.randn(n, generator=gen) for n in sizes]
+    w = [torch.randn(n, generator=gen) for n in sizes]
+    selectors = [Selector() for _ in sizes]
+    outs, scratch = [torch.empty(n) for n in sizes], [torch.empty(n) for n in sizes]
+    all_written = 0
+    for step in range(30):
+        k = 0.3 if step < 24 else 0.5
+        scale = 0.5 if step == 12 else 1e-3  # step 12: everything moves
+        s = [x + scale * torch.randn(x.shape, generator=gen) for x in s]
+        keeps = [kept_count(n, k) for n in sizes]
+        alphas = [torch.zeros(()) for _ in sizes]
+        jobs = [
+            (selectors[i], s[i], keeps[i], outs[i], scratch[i], w[i], alphas[i])
+            for i in range(len(sizes))
+        ]
+        written = top_abs_many(jobs)
+        for i, keep in enumerate(keeps):
+            expected = reference_mask(s[i].abs(), keep)
+            assert torch.equal(outs[i], expected.float()), (step, i)
+            if written[i]:
+                reference = float((w[i].double().abs() * expected.double()).sum()) / keep
+                assert float(alphas[i]) == pytest.approx(reference, rel=1e-6)
+        all_written += all(written)
+    assert (all_written > 20) == fused  # the fused path sets alpha on (almost) every step
+    assert (batched.count(3) >= 15) == fused  # ... with every layer's warm try in one call

@@ -87,8 +87,8 @@ static int64_t topk_finish(const float *restrict s, const float *restrict w, flo
 
 /* out[i] = g[i] * w[i] * sign(s[i]): the straight-through gradient of a top-k mask on |s|. */
 CLONES
-void tk_score_grad(const float *restrict g, const float *restrict w, const float *restrict s,
-                   float *restrict out, int64_t n) {
+static void score_grad(const float *restrict g, const float *restrict w,
+                       const float *restrict s, float *restrict out, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= PARALLEL)
     for (int64_t i = 0; i < n; i++) {
         float sign = (float)((s[i] > 0.f) - (s[i] < 0.f));
@@ -100,8 +100,8 @@ void tk_score_grad(const float *restrict g, const float *restrict w, const float
  * from w on the way (a cached sign tensor would be one more weight-sized buffer in the cache).
  * "+ 0.f" turns -0 into +0, as torch.addcmul(0, sign(w), m, value=alpha) gives. */
 CLONES
-void tk_binary_weight(const float *restrict w, const float *restrict m, float *restrict out,
-                      int64_t n, const float *alpha_at) {
+static void binary_weight(const float *restrict w, const float *restrict m,
+                          float *restrict out, int64_t n, const float *alpha_at) {
     float alpha = *alpha_at;
 #pragma omp parallel for simd schedule(static) if (n >= PARALLEL)
     for (int64_t i = 0; i < n; i++) {
@@ -240,4 +240,45 @@ int64_t tk_topk_bracket(const float *restrict s, const float *restrict w, float 
     if (found < 0 || *above >= keep || *above + found < keep) return -2;
     *t = select_rank(buf, found, found - (keep - *above));
     return topk_finish(s, w, m, n, keep, *t, total, alpha);
+}
+
+/* Several layers in one call: a training step makes one call from Python per pass instead of
+ * one per layer (on a small model the Python and ctypes work around a per-layer call costs
+ * about what the pass itself does). `rows` holds `layers` rows of arguments, pointers and
+ * counts alike as unsigned 64-bit integers, in the order of the single-layer function. */
+#define PTR(type, x) ((type *)(uintptr_t)(x))
+
+/* Rows of (g, w, s, out, n): out = g * w * sign(s) per layer. */
+void tk_score_grad_rows(int64_t layers, const uint64_t *rows) {
+    for (int64_t l = 0; l < layers; l++) {
+        const uint64_t *r = rows + 5 * l;
+        score_grad(PTR(const float, r[0]), PTR(const float, r[1]), PTR(const float, r[2]),
+                   PTR(float, r[3]), (int64_t)r[4]);
+    }
+}
+
+/* Rows of (w, m, out, n, alpha): out = *alpha * sign(w) * m per layer. */
+void tk_binary_weight_rows(int64_t layers, const uint64_t *rows) {
+    for (int64_t l = 0; l < layers; l++) {
+        const uint64_t *r = rows + 5 * l;
+        binary_weight(PTR(const float, r[0]), PTR(const float, r[1]), PTR(float, r[2]),
+                      (int64_t)r[3], PTR(const float, r[4]));
+    }
+}
+
+/* Rows of tk_topk_among's arguments (s, w, m, n, idx, count, need, keep, buf, alpha; w, idx
+ * and alpha may be 0): counts[l] and ts[l] receive each layer's return value and threshold.
+ * Returns -1 if any layer ran out of memory, else 0. */
+int64_t tk_topk_among_rows(int64_t layers, const uint64_t *rows, int64_t *counts, float *ts) {
+    int64_t failed = 0;
+    for (int64_t l = 0; l < layers; l++) {
+        const uint64_t *r = rows + 10 * l;
+        double total;
+        counts[l] = tk_topk_among(PTR(const float, r[0]), PTR(const float, r[1]),
+                                  PTR(float, r[2]), (int64_t)r[3], PTR(const int64_t, r[4]),
+                                  (int64_t)r[5], (int64_t)r[6], (int64_t)r[7], PTR(float, r[8]),
+                                  &ts[l], &total, PTR(float, r[9]));
+        failed |= counts[l] < 0;
+    }
+    return failed ? -1 : 0;
 }

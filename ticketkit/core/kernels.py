@@ -51,12 +51,14 @@ class Kernels:
         self._bracket.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
         self._bracket.argtypes += [ctypes.c_float] * 2 + [ctypes.c_void_p] * 2
         self._bracket.argtypes += [ctypes.c_int64] + [ctypes.c_void_p] * 5
-        self._grad = lib.tk_score_grad
-        self._grad.restype = None
-        self._grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64]
-        self._binary = lib.tk_binary_weight
-        self._binary.restype = None
-        self._binary.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
+        self._among_rows = lib.tk_topk_among_rows
+        self._among_rows.restype = ctypes.c_int64
+        self._among_rows.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 3
+        self._grad = lib.tk_score_grad_rows
+        self._binary = lib.tk_binary_weight_rows
+        for rows in (self._grad, self._binary):
+            rows.restype = None
+            rows.argtypes = [ctypes.c_int64, ctypes.c_void_p]
 
     def topk_among(
         self,
@@ -150,21 +152,49 @@ class Kernels:
             (total.value if w is not None else None),
         )
 
-    def score_grad(self, g: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """g * w * sign(s) in one pass (w and s `usable`, checked by the caller)."""
-        g = g.contiguous()
-        out = torch.empty_like(g)
-        self._grad(g.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), g.numel())
-        return out
+    def topk_among_rows(self, rows: list[int]) -> tuple[list[int], list[float]]:
+        """`topk_among` for several layers in one call: (counts, thresholds), one per layer.
 
-    def binary_weight(self, w: torch.Tensor, m: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """alpha * sign(w) * m in one pass; w, m and the scalar alpha `usable` (the caller checks).
+        `rows`: per layer its ten arguments (s, w, out, n, idx, count, need, keep, buf,
+        alpha), tensors as `data_ptr()` and absent ones as 0, as `Selector.warm_row` makes them.
+        """
+        layers = len(rows) // 10
+        counts, ts = (ctypes.c_int64 * layers)(), (ctypes.c_float * layers)()
+        if self._among_rows(layers, _array(rows), counts, ts) < 0:
+            raise MemoryError("tk_topk_among_rows")
+        return list(counts), list(ts)
+
+    def score_grads(
+        self, gs: list[torch.Tensor], ws: list[torch.Tensor], ss: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """g * w * sign(s) for every layer in one call (w and s `usable`: the caller checks)."""
+        gs = [g.contiguous() for g in gs]
+        outs = [torch.empty_like(g) for g in gs]
+        rows = []
+        for g, w, s, out in zip(gs, ws, ss, outs, strict=True):
+            rows += (g.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), g.numel())
+        self._grad(len(outs), _array(rows))
+        return outs
+
+    def binary_weights(
+        self, ws: list[torch.Tensor], ms: list[torch.Tensor], alphas: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """alpha * sign(w) * m for every layer in one call; all `usable`, alphas scalars.
 
         alpha is read through its pointer: `.item()` would be one more tensor call per layer.
         """
-        out = torch.empty_like(w)
-        self._binary(w.data_ptr(), m.data_ptr(), out.data_ptr(), w.numel(), alpha.data_ptr())
-        return out
+        outs = [torch.empty_like(w) for w in ws]
+        rows = []
+        for w, m, out, alpha in zip(ws, ms, outs, alphas, strict=True):
+            rows += (w.data_ptr(), m.data_ptr(), out.data_ptr(), w.numel(), alpha.data_ptr())
+        self._binary(len(outs), _array(rows))
+        return outs
+
+
+def _array(values: list[int]) -> ctypes.Array:
+    """A fresh C array of the kernels' row arguments (a shared one would not be thread-safe:
+    ctypes releases the GIL during a call)."""
+    return (ctypes.c_uint64 * len(values))(*values)
 
 
 def usable(*tensors: torch.Tensor) -> bool:

@@ -52,6 +52,7 @@ class Selector:
         self._candidates_n = 0  # the size of the tensor they index
         self._backoff = 0  # after the next failed try of the candidates, skip twice this
         self._skip = 0  # steps left before the next try
+        self._trying_all = False  # the last warm try partitioned all values (a small layer)
 
     def top_abs(
         self,
@@ -61,28 +62,92 @@ class Selector:
         scratch: torch.Tensor,
         w: torch.Tensor | None = None,
         alpha: torch.Tensor | None = None,
+        warm: bool = True,
     ) -> bool:
         """Write the float mask of the `keep` largest |s| into `out` (ties by index).
 
         `scratch` (s's shape) may receive |s|. `w` and the scalar `alpha` (a binary layer's
         scale) come together: the compiled kernels then set alpha = sum(|w| * mask) / keep
-        on the way. Returns whether they did (else the caller computes alpha).
+        on the way. Returns whether they did (else the caller computes alpha). `warm=False`:
+        this step's warm try was already made (`top_abs_many`) and did not give the mask.
         """
-        n = s.numel()
-        fused = None
-        if 0 < keep < n and usable(s, out) and (w is None or usable(w, alpha)):
-            fused = kernels()
-        if fused is not None:
-            if n <= _SMALL:
-                count = fused.topk_among(s, keep, out, w, self._values(n), alpha=alpha)[0]
-                if count == keep:
+        fused = kernels() if self._fusable(s, keep, out, w, alpha) else None
+        if fused is None:
+            self.select(torch.abs(s, out=scratch).view(-1), keep, out)
+            return False
+        if warm:
+            row = self.warm_row(s, keep, out, w, alpha)
+            if row is not None:
+                counts, ts = fused.topk_among_rows(row)
+                if self.warm_done(counts[0], ts[0], keep):
                     return w is not None
-            elif self._fused_large(fused, s, keep, out, w, alpha):
-                return w is not None
-        self.select(torch.abs(s, out=scratch).view(-1), keep, out)  # the exact eager path
+        if s.numel() > _SMALL and self._fused_bracket(fused, s, keep, out, w, alpha):
+            return w is not None
+        self.select(torch.abs(s, out=scratch).view(-1), keep, out)  # the exact eager path (NaN)
         return False
 
-    def _fused_large(
+    @staticmethod
+    def _fusable(
+        s: torch.Tensor,
+        keep: int,
+        out: torch.Tensor,
+        w: torch.Tensor | None,
+        alpha: torch.Tensor | None,
+    ) -> bool:
+        """Whether the compiled kernels may take this selection (if they are there)."""
+        if not 0 < keep < s.numel():
+            return False
+        if w is None and alpha is None:
+            return usable(s, out)
+        return w is not None and alpha is not None and usable(s, out, w, alpha)
+
+    def warm_row(
+        self,
+        s: torch.Tensor,
+        keep: int,
+        out: torch.Tensor,
+        w: torch.Tensor | None,
+        alpha: torch.Tensor | None,
+    ) -> list[int] | None:
+        """This step's warm try as a row of `Kernels.topk_among_rows`, or None if none is due.
+
+        A small layer's try partitions all of it; a large one's, the candidates its last band
+        left, unless it is backing off after failed tries (this counts the step). Call
+        `warm_done` with the outcome.
+        """
+        if not self._fusable(s, keep, out, w, alpha):
+            return None
+        n, c = s.numel(), self._candidates
+        self._trying_all = n <= _SMALL
+        if self._trying_all:
+            idx, count, need = 0, n, keep
+        else:
+            need = keep - self._candidates_above
+            # the indices go to C unchecked: only candidates taken from a tensor of this size
+            if c is None or self._candidates_n != n or not 0 < need <= c.numel():
+                return None
+            if self._skip > 0:
+                self._skip -= 1
+                return None
+            idx, count = c.data_ptr(), c.numel()
+        w_at = w.data_ptr() if w is not None else 0
+        alpha_at = alpha.data_ptr() if alpha is not None else 0
+        buf = self._values(count).data_ptr()
+        return [s.data_ptr(), w_at, out.data_ptr(), n, idx, count, need, keep, buf, alpha_at]
+
+    def warm_done(self, count: int, t: float, keep: int) -> bool:
+        """Record a warm try's outcome (from `warm_row`); True if it gave the exact mask."""
+        if self._trying_all:  # a small layer: a full partition, exact unless NaN
+            return count == keep
+        if count == keep:
+            self.threshold, self._backoff = t, 0  # t: the next bracket's centre
+            return True
+        # early in training scores jump across the threshold from anywhere: skip the next
+        # 1, 2, 4 ... steps' tries, each failed try costs a pass
+        self._backoff = self._skip = min(2 * self._backoff or 1, _MAX_BACKOFF)
+        return False
+
+    def _fused_bracket(
         self,
         fused: Kernels,
         s: torch.Tensor,
@@ -91,21 +156,7 @@ class Selector:
         w: torch.Tensor | None,
         alpha: torch.Tensor | None,
     ) -> bool:
-        """Candidates first, then brackets; False leaves the rest (NaN) to the eager path."""
-        c, need = self._candidates, keep - self._candidates_above
-        # the indices go to C unchecked: only candidates taken from a tensor of this size
-        usable_now = c is not None and self._candidates_n == s.numel() and 0 < need <= c.numel()
-        if usable_now and self._skip > 0:
-            self._skip -= 1
-        elif usable_now:
-            values = self._values(c.numel())
-            count, t, _ = fused.topk_among(s, keep, out, w, values, c, need, alpha)
-            if count == keep:
-                self.threshold, self._backoff = t, 0  # t: the next bracket's centre
-                return True
-            # early in training scores jump across the threshold from anywhere: skip the next
-            # 1, 2, 4 ... steps' tries, each failed try costs a pass
-            self._backoff = self._skip = min(2 * self._backoff or 1, _MAX_BACKOFF)
+        """Brackets around the threshold; False leaves the rest (NaN) to the eager path."""
         flat = s.detach().numpy().reshape(-1)
         if self._where is None:
             self._where = torch.empty(_BAND, dtype=torch.int64)
@@ -230,6 +281,42 @@ class Selector:
             self.threshold = t
         else:
             self.threshold = None
+
+
+_Tensor = torch.Tensor | None
+Job = tuple[Selector, torch.Tensor, int, torch.Tensor, torch.Tensor, _Tensor, _Tensor]
+"""A selector and the arguments of its `top_abs`."""
+
+
+def top_abs_many(jobs: list[Job]) -> list[bool]:
+    """`Selector.top_abs` of several layers, with their warm tries in one compiled call.
+
+    At small learning rates (late in a schedule, fine-grained score training) every layer's
+    threshold is among its last band's values, and a step is one warm try per layer; made
+    together, the step crosses from Python to C once instead of once per layer, which on a
+    small model is a good part of the step's selection cost. Tries that miss, and layers with
+    none due, go on in `top_abs`. Returns `top_abs`'s result for each job. One job per
+    selector: a selector's scratch holds its try's values until the call.
+    """
+    fused = kernels()
+    if fused is None:
+        return [job[0].top_abs(*job[1:]) for job in jobs]
+    rows: list[int] = []
+    tried: list[int] = []
+    for i, (selector, s, keep, out, _, w, alpha) in enumerate(jobs):
+        row = selector.warm_row(s, keep, out, w, alpha)
+        if row is not None:
+            rows += row
+            tried.append(i)
+    done = [False] * len(jobs)
+    if rows:
+        counts, ts = fused.topk_among_rows(rows)
+        for i, count, t in zip(tried, counts, ts, strict=True):
+            done[i] = jobs[i][0].warm_done(count, t, jobs[i][2])
+    return [
+        job[5] is not None if done[i] else job[0].top_abs(*job[1:], warm=False)
+        for i, job in enumerate(jobs)
+    ]
 
 
 def _break_ties(a: torch.Tensor, t: torch.Tensor | float, keep: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ gives one selection per training step, for layer-wise and global scope alike, an
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -73,13 +73,12 @@ class _ScoreSTE(torch.autograd.Function):
         its W_eff from the model's node and saved nothing.
         """
         ctx.params = params
-        held = (*tensors, *(p.mask for p in params))
+        held = (*tensors, *(p._buffers["mask"] for p in params))
         if on_ctx:
             ctx.held = held
         else:
             ctx.save_for_backward(*held)
-        weights = tensors[: len(params)]
-        return tuple(p.effective(w) for p, w in zip(params, weights, strict=True))
+        return tuple(effective_weights(params, tensors[: len(params)]))
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
@@ -93,10 +92,17 @@ class _ScoreSTE(torch.autograd.Function):
                 gws[i] = grads[i] * saved[2 * n + i]
         scored = [i for i in range(n) if need[n + i]]
         fused = kernels() if scored and params[scored[0]].relax_grad is abs_grad else None
-        if fused is not None:  # g*W*sign(s) in one pass per layer
-            for i in [i for i in scored if not params[i].ig and usable(saved[i], saved[n + i])]:
-                gss[i] = fused.score_grad(grads[i], saved[i], saved[n + i])
-            scored = [i for i in scored if gss[i] is None]
+        if fused is not None:  # g*W*sign(s) in one pass per layer, one call for all
+            batch = [i for i in scored if not params[i].ig and usable(saved[i], saved[n + i])]
+            if batch:
+                gs = fused.score_grads(
+                    [grads[i] for i in batch],
+                    [saved[i] for i in batch],
+                    [saved[n + i] for i in batch],
+                )
+                for i, g in zip(batch, gs, strict=True):
+                    gss[i] = g
+                scored = [i for i in scored if gss[i] is None]
         if scored:  # g*W*relax'(s) for all layers in three calls, not three per layer
             relax = params[scored[0]].relax_grad  # one rule per model: the same for every layer
             s = [saved[n + i] for i in scored]
@@ -150,12 +156,13 @@ class MaskedWeight(nn.Module):
 
     def effective(self, w: torch.Tensor) -> torch.Tensor:
         """W_eff = W * m, or alpha * sign(W) * m for binary layers (no autograd of its own)."""
+        return effective_weights((self,), (w,))[0]
+
+    def eager_effective(self, w: torch.Tensor) -> torch.Tensor:
+        """`effective` in PyTorch operations (what runs where the compiled kernels cannot)."""
         if not self.binary:
             return w * self.mask
         if self.alpha.dim() == 0 and self.alpha.is_cpu:  # one pass instead of two
-            fused = kernels()
-            if fused is not None and usable(w, self.mask, self.alpha):
-                return fused.binary_weight(w, self.mask, self.alpha)
             return torch.addcmul(_ZERO, self.signs(w)[0], self.mask, value=self.alpha.item())
         return torch.mul(self.signs(w)[0], self.mask).mul_(self.alpha)
 
@@ -163,6 +170,37 @@ class MaskedWeight(nn.Module):
         if self.scores is not None and torch.is_grad_enabled():
             return _ScoreSTE.apply((self,), True, w, self.scores)[0]
         return self.effective(w)
+
+
+def effective_weights(
+    params: Sequence[MaskedWeight], weights: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Every layer's W_eff; the binary ones with one alpha, on the CPU, in one compiled call.
+
+    Runs every training step: buffers are read from `_buffers`, since nn.Module's attribute
+    lookup of a buffer costs ~0.5 us, and one call for all layers saves the Python and ctypes
+    work of one per layer (on a small model, about what the passes themselves cost).
+    """
+    fused = kernels()
+    effs: list[torch.Tensor | None] = [None] * len(params)
+    batch: list[int] = []
+    masks: list[torch.Tensor] = []
+    alphas: list[torch.Tensor] = []
+    for i, (p, w) in enumerate(zip(params, weights, strict=True)):
+        if fused is not None and p.binary:
+            mask, alpha = p._buffers["mask"], p._buffers["alpha"]
+            assert mask is not None and alpha is not None
+            if alpha.dim() == 0 and usable(w, mask, alpha):
+                batch.append(i)
+                masks.append(mask)
+                alphas.append(alpha)
+                continue
+        effs[i] = p.eager_effective(w)
+    if fused is not None and batch:
+        binary = fused.binary_weights([weights[i] for i in batch], masks, alphas)
+        for i, eff in zip(batch, binary, strict=True):
+            effs[i] = eff
+    return effs  # type: ignore[return-value]
 
 
 @dataclass
@@ -320,8 +358,8 @@ class Sparsifier:
         )
         if not stale:
             return
-        self.rule.update(self.layers, training)
-        with torch.no_grad():
+        with torch.no_grad():  # rules run under it (one context a step, not one per call)
+            self.rule.update(self.layers, training)
             for layer in self.layers:
                 param = layer.param
                 if param.binary and not layer.alpha_set:
