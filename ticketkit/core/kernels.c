@@ -72,7 +72,7 @@ static int64_t topk_mask(const float *restrict s, const float *restrict w, float
  * no tensor call for it. */
 static int64_t topk_finish(const float *restrict s, const float *restrict w, float *restrict m,
                            int64_t n, int64_t keep, float t, double *total, float *alpha) {
-    int64_t ties, count = topk_mask(s, w, m, n, t, total, &ties);
+    int64_t ties = 0, count = topk_mask(s, w, m, n, t, total, &ties);
     if (count < keep || (count > keep && count - ties >= keep)) return count;
     for (int64_t i = n - 1, excess = count - keep; i >= 0 && excess > 0; i--) {
         if (fabsf(s[i]) == t) {
@@ -85,11 +85,13 @@ static int64_t topk_finish(const float *restrict s, const float *restrict w, flo
     return keep;
 }
 
-/* out[i] = g[i] * w[i] * sign(s[i]): the straight-through gradient of a top-k mask on |s|. */
+/* out[i] = g[i] * w[i] * sign(s[i]): the straight-through gradient of a top-k mask on |s|.
+ * Called by every thread of a parallel region (tk_score_grad_rows), each taking its share;
+ * `nowait`: the layers are independent, so threads go on to the next without a barrier. */
 CLONES
 static void score_grad(const float *restrict g, const float *restrict w,
                        const float *restrict s, float *restrict out, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (n >= PARALLEL)
+#pragma omp for simd schedule(static) nowait
     for (int64_t i = 0; i < n; i++) {
         float sign = (float)((s[i] > 0.f) - (s[i] < 0.f));
         out[i] = sign * w[i] * g[i];
@@ -103,7 +105,7 @@ CLONES
 static void binary_weight(const float *restrict w, const float *restrict m,
                           float *restrict out, int64_t n, const float *alpha_at) {
     float alpha = *alpha_at;
-#pragma omp parallel for simd schedule(static) if (n >= PARALLEL)
+#pragma omp for simd schedule(static) nowait /* as score_grad */
     for (int64_t i = 0; i < n; i++) {
         float sign = (float)((w[i] > 0.f) - (w[i] < 0.f));
         out[i] = sign * m[i] * alpha + 0.f;
@@ -248,8 +250,19 @@ int64_t tk_topk_bracket(const float *restrict s, const float *restrict w, float 
  * counts alike as unsigned 64-bit integers, in the order of the single-layer function. */
 #define PTR(type, x) ((type *)(uintptr_t)(x))
 
-/* Rows of (g, w, s, out, n): out = g * w * sign(s) per layer. */
+#ifdef _OPENMP
+/* The number of elements in all rows (n at position `at` of rows `width` wide). */
+static int64_t rows_total(const uint64_t *rows, int64_t layers, int width, int at) {
+    int64_t total = 0;
+    for (int64_t l = 0; l < layers; l++) total += (int64_t)rows[width * l + at];
+    return total;
+}
+#endif
+
+/* Rows of (g, w, s, out, n): out = g * w * sign(s) per layer, all layers in one parallel
+ * region (one fork and join a step, however many layers). */
 void tk_score_grad_rows(int64_t layers, const uint64_t *rows) {
+#pragma omp parallel if (rows_total(rows, layers, 5, 4) >= PARALLEL)
     for (int64_t l = 0; l < layers; l++) {
         const uint64_t *r = rows + 5 * l;
         score_grad(PTR(const float, r[0]), PTR(const float, r[1]), PTR(const float, r[2]),
@@ -257,8 +270,9 @@ void tk_score_grad_rows(int64_t layers, const uint64_t *rows) {
     }
 }
 
-/* Rows of (w, m, out, n, alpha): out = *alpha * sign(w) * m per layer. */
+/* Rows of (w, m, out, n, alpha): out = *alpha * sign(w) * m per layer, as score_grad_rows. */
 void tk_binary_weight_rows(int64_t layers, const uint64_t *rows) {
+#pragma omp parallel if (rows_total(rows, layers, 5, 3) >= PARALLEL)
     for (int64_t l = 0; l < layers; l++) {
         const uint64_t *r = rows + 5 * l;
         binary_weight(PTR(const float, r[0]), PTR(const float, r[1]), PTR(float, r[2]),
