@@ -69,7 +69,7 @@ class Selector:
         `scratch` (s's shape) may receive |s|. `w` and the scalar `alpha` (a binary layer's
         scale) come together: the compiled kernels then set alpha = sum(|w| * mask) / keep
         on the way. Returns whether they did (else the caller computes alpha). `warm=False`:
-        this step's warm try was already made (`top_abs_many`) and did not give the mask.
+        `top_abs_many` already handled this step's warm try (it missed, or none was due).
         """
         fused = kernels() if self._fusable(s, keep, out, w, alpha) else None
         if fused is None:
@@ -112,8 +112,8 @@ class Selector:
         """This step's warm try as a row of `Kernels.topk_among_rows`, or None if none is due.
 
         A small layer's try partitions all of it; a large one's, the candidates its last band
-        left, unless it is backing off after failed tries (this counts the step). Call
-        `warm_done` with the outcome.
+        left, unless it is backing off after failed tries (a skipped step counts down the
+        backoff). Call `warm_done` with the outcome of a row.
         """
         if not self._fusable(s, keep, out, w, alpha):
             return None
