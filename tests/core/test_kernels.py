@@ -18,10 +18,20 @@ from ticketkit.core.kernels import kernels
 pytestmark = pytest.mark.skipif(kernels() is None, reason="no C compiler: eager path only")
 
 
-def _small(s, keep, w=None, idx=None, need=None):
-    out = torch.empty_like(s)
+def _among_row(s, keep, out, w=None, idx=None, need=None, alpha=None):
+    """tk_topk_among's row, with its scratch buffer (keep it alive through the call)."""
     buf = torch.empty(s.numel() if idx is None else idx.numel())
-    count, t, total = kernels().topk_among(s, keep, out, w, buf, idx, need)
+    ptr = lambda t: t.data_ptr() if t is not None else 0  # noqa: E731
+    row = [ptr(s), ptr(w), ptr(out), s.numel(), ptr(idx), buf.numel(), need or keep, keep]
+    return [*row, ptr(buf), ptr(alpha)], buf
+
+
+def _small(s, keep, w=None, idx=None, need=None):
+    """(count, t, sum(|w| m) from alpha when exact and w is given, mask) of one layer."""
+    out, alpha = torch.empty_like(s), torch.full((), -1.0)
+    row, _buf = _among_row(s, keep, out, w, idx, need, alpha if w is not None else None)
+    (count,), (t,) = kernels().topk_among_rows(row)
+    total = float(alpha) * keep if w is not None and count == keep else None
     return count, t, total, out
 
 
@@ -94,7 +104,7 @@ def test_ties_at_the_threshold_are_broken_by_lowest_index():
     w = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0])
     count, t, total, out = _small(s, 3, w)
     assert t == 1.0 and count == 3  # three tied at t: only the first is kept
-    assert out.tolist() == [1.0, 1.0, 0.0, 1.0, 0.0] and total == 11.0
+    assert out.tolist() == [1.0, 1.0, 0.0, 1.0, 0.0] and total == pytest.approx(11.0)
 
 
 def test_ties_in_the_bracket_and_among_candidates():
@@ -200,34 +210,37 @@ def test_an_exact_mask_sets_alpha_on_the_way():
     missed = kernels().topk_bracket(s, keep, out, w, 2 * t_true, 3 * t_true, buf, where, alpha)
     assert missed[0] == -2
     assert float(alpha) == -1.0
-    assert kernels().topk_among(s, keep, out, w, torch.empty(30_000), alpha=alpha)[0] == keep
+    row, _buf = _among_row(s, keep, out, w, alpha=alpha)
+    assert kernels().topk_among_rows(row)[0] == [keep]
     assert float(alpha) == pytest.approx(reference, rel=1e-6)
 
 
-def test_topk_among_rows_is_topk_among_layer_by_layer():
-    """Several layers in one call: each row gives what its own call gives, alpha included."""
+def test_topk_among_rows_gives_each_layer_what_it_gives_alone():
+    """Several layers in one call: each row gives what it gives in a call of its own."""
     gen = torch.Generator().manual_seed(7)
     sizes, keeps = (1_000, 30_000, 5), (500, 7_001, 2)
-    s = [torch.randn(n, generator=gen) for n in sizes]
-    w = [torch.randn(n, generator=gen) for n in sizes]
     idx = torch.arange(0, 30_000, 3)  # candidates for the middle layer: not its threshold
-    rows, expected = [], []
-    for i, (n, keep) in enumerate(zip(sizes, keeps, strict=True)):
-        alpha, out, buf = torch.full((), -1.0), torch.empty(n), torch.empty(n)
-        cand, count = (idx, idx.numel()) if i == 1 else (None, n)
-        ref_out, ref_alpha = torch.empty(n), torch.full((), -1.0)
-        ref = kernels().topk_among(s[i], keep, ref_out, w[i], buf.clone(), cand, keep, ref_alpha)
-        expected.append((ref[0], ref[1], ref_out, ref_alpha))
-        ptrs = (cand.data_ptr() if cand is not None else 0, count, keep, keep, buf.data_ptr())
-        rows += [s[i].data_ptr(), w[i].data_ptr(), out.data_ptr(), n, *ptrs, alpha.data_ptr()]
-        expected[-1] += (out, alpha, buf)  # keep the buffers alive through the call
-    counts, ts = kernels().topk_among_rows(rows)
-    for count, t, (ref_count, ref_t, ref_out, ref_alpha, out, alpha, _) in zip(
-        counts, ts, expected, strict=True
-    ):
-        assert (count, t) == (ref_count, ref_t)
-        assert torch.equal(out, ref_out) and torch.equal(alpha, ref_alpha)
+
+    def layers():  # the same inputs, fresh outputs
+        gen.manual_seed(7)
+        s = [torch.randn(n, generator=gen) for n in sizes]
+        w = [torch.randn(n, generator=gen) for n in sizes]
+        outs, alphas = [torch.empty(n) for n in sizes], [torch.full((), -1.0) for _ in sizes]
+        rows = [
+            _among_row(s[i], keeps[i], outs[i], w[i], idx if i == 1 else None, None, alphas[i])
+            for i in range(len(sizes))
+        ]
+        return rows, outs, alphas, (s, w)  # the inputs too: rows hold their addresses
+
+    rows, outs, alphas, _inputs = layers()
+    counts, ts = kernels().topk_among_rows([x for row, _ in rows for x in row])
+    alone_rows, alone_outs, alone_alphas, _alone_inputs = layers()
+    alone = [kernels().topk_among_rows(row) for row, _ in alone_rows]
+    assert counts == [c for (c,), _ in alone] and ts == [t for _, (t,) in alone]
+    assert all(torch.equal(a, b) for a, b in zip(outs, alone_outs, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(alphas, alone_alphas, strict=True))
     assert counts[0] == 500 and counts[1] != 7_001  # an exact layer and a miss, side by side
+    assert float(alphas[1]) == -1.0 and float(alphas[0]) > 0  # alpha only where exact
 
 
 def test_usable_only_for_contiguous_float32_on_cpu():

@@ -143,10 +143,10 @@ static float select_rank(float *v, int64_t n, int64_t j) {
  * small layers, and for the candidates kept from the last step's band. *t receives the
  * threshold; the return value and *total are topk_finish's: `keep` proves the mask exact,
  * whatever else moved. */
-int64_t tk_topk_among(const float *restrict s, const float *restrict w, float *restrict m,
-                      int64_t n, const int64_t *restrict idx, int64_t count, int64_t need,
-                      int64_t keep, float *restrict buf, float *t, double *total,
-                      float *alpha) {
+static int64_t topk_among(const float *restrict s, const float *restrict w,
+                          float *restrict m, int64_t n, const int64_t *restrict idx,
+                          int64_t count, int64_t need, int64_t keep, float *restrict buf,
+                          float *t, double *total, float *alpha) {
     if (idx)
         for (int64_t i = 0; i < count; i++) buf[i] = fabsf(s[idx[i]]);
     else
@@ -280,7 +280,7 @@ void tk_binary_weight_rows(int64_t layers, const uint64_t *rows) {
     }
 }
 
-/* Rows of tk_topk_among's arguments (s, w, m, n, idx, count, need, keep, buf, alpha; w, idx
+/* Rows of topk_among's arguments (s, w, m, n, idx, count, need, keep, buf, alpha; w, idx
  * and alpha may be 0): counts[l] and ts[l] receive each layer's return value and threshold.
  * Returns -1 if any layer ran out of memory, else 0. */
 int64_t tk_topk_among_rows(int64_t layers, const uint64_t *rows, int64_t *counts, float *ts) {
@@ -288,10 +288,10 @@ int64_t tk_topk_among_rows(int64_t layers, const uint64_t *rows, int64_t *counts
     for (int64_t l = 0; l < layers; l++) {
         const uint64_t *r = rows + 10 * l;
         double total;
-        counts[l] = tk_topk_among(PTR(const float, r[0]), PTR(const float, r[1]),
-                                  PTR(float, r[2]), (int64_t)r[3], PTR(const int64_t, r[4]),
-                                  (int64_t)r[5], (int64_t)r[6], (int64_t)r[7], PTR(float, r[8]),
-                                  &ts[l], &total, PTR(float, r[9]));
+        counts[l] = topk_among(PTR(const float, r[0]), PTR(const float, r[1]), PTR(float, r[2]),
+                               (int64_t)r[3], PTR(const int64_t, r[4]), (int64_t)r[5],
+                               (int64_t)r[6], (int64_t)r[7], PTR(float, r[8]), &ts[l], &total,
+                               PTR(float, r[9]));
         failed |= counts[l] < 0;
     }
     return failed ? -1 : 0;

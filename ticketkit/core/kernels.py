@@ -42,10 +42,6 @@ class Kernels:
     """The compiled library behind thin tensor-level wrappers (callers check `usable`)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        self._among = lib.tk_topk_among
-        self._among.restype = ctypes.c_int64
-        self._among.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
-        self._among.argtypes += [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 4
         self._bracket = lib.tk_topk_bracket
         self._bracket.restype = ctypes.c_int64
         self._bracket.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2
@@ -59,45 +55,6 @@ class Kernels:
         for rows in (self._grad, self._binary):
             rows.restype = None
             rows.argtypes = [ctypes.c_int64, ctypes.c_void_p]
-
-    def topk_among(
-        self,
-        s: torch.Tensor,
-        keep: int,
-        out: torch.Tensor,
-        w: torch.Tensor | None,
-        buf: torch.Tensor,
-        idx: torch.Tensor | None = None,
-        need: int | None = None,
-        alpha: torch.Tensor | None = None,
-    ) -> tuple[int, float, float | None]:
-        """The mask of the `keep` largest |s| as 0/1 floats, if t is their threshold.
-
-        t is the need-th largest of |s[idx]| (need = keep and all of s without idx). Returns
-        (count, t, sum(|w| * out) if w is given): count is keep if t was the exact threshold
-        (ties at t then broken by index), else count(|s| >= t). `buf`: float32 scratch of
-        len(idx) (or s.numel()) values, `idx` int64; 1 <= need <= that length. With w, an
-        exact result also sets the float32 scalar `alpha` to sum(|w| * out) / keep. Callers
-        check `usable` and sizes (this runs every step for every layer, hence no checks here).
-        """
-        t, total = ctypes.c_float(), ctypes.c_double()
-        count = self._among(
-            s.data_ptr(),
-            w.data_ptr() if w is not None else None,
-            out.data_ptr(),
-            s.numel(),
-            idx.data_ptr() if idx is not None else None,
-            s.numel() if idx is None else idx.numel(),
-            keep if need is None else need,
-            keep,
-            buf.data_ptr(),
-            ctypes.byref(t),
-            ctypes.byref(total),
-            alpha.data_ptr() if alpha is not None else None,
-        )
-        if count < 0:
-            raise MemoryError("tk_topk_among")
-        return int(count), t.value, (total.value if w is not None else None)
 
     def topk_bracket(
         self,
@@ -117,7 +74,7 @@ class Kernels:
         indices into `where` (int64; both of the band's capacity); a partition of the band gives
         t; one pass writes the mask. Returns (count, t, band size, count above the band,
         sum(|w| * out) if w given); count is keep (ties at t broken by index), or -2 if the
-        bracket missed or the band overflowed. `alpha` as in `topk_among`.
+        bracket missed or the band overflowed. `alpha` as in `topk_among_rows`.
         """
         t, band, above, total = (
             ctypes.c_float(),
@@ -153,10 +110,16 @@ class Kernels:
         )
 
     def topk_among_rows(self, rows: list[int]) -> tuple[list[int], list[float]]:
-        """`topk_among` for several layers in one call: (counts, thresholds), one per layer.
+        """The masks of the `keep` largest |s| of several layers, where t is their threshold.
 
-        `rows`: per layer its ten arguments (s, w, out, n, idx, count, need, keep, buf,
-        alpha), tensors as `data_ptr()` and absent ones as 0, as `Selector.warm_row` makes them.
+        Per layer ten integers (s, w, out, n, idx, count, need, keep, buf, alpha; tensors as
+        `data_ptr()`, absent ones 0), as `Selector.warm_row` makes them: t is the need-th
+        largest of |s[idx]| (of all of s without idx; need = keep then), `buf` float32 scratch
+        of `count` values (len(idx), or n), idx int64, 1 <= need <= count. One mask pass
+        writes out = |s| >= t. Returns (counts, thresholds), one each per layer: a count is
+        keep if t was the exact threshold (ties at t then broken by index), else count(|s| >=
+        t). An exact layer with w and alpha also gets the float32 scalar alpha = sum(|w| *
+        out) / keep. Callers check `usable` and sizes (this runs every step, hence no checks).
         """
         layers = len(rows) // 10
         counts, ts = (ctypes.c_int64 * layers)(), (ctypes.c_float * layers)()
