@@ -83,3 +83,12 @@ def test_unknown_name_suggests():
 
     with pytest.raises(UsageError, match="did you mean 'edgepopup'"):
         get_method("edgepop")
+
+
+def test_equally_close_names_are_all_suggested():
+    from ticketkit.errors import did_you_mean
+
+    choices = ["conv2", "conv4", "conv6", "conv8", "mlp"]
+    assert did_you_mean("conv5", choices) == "; did you mean 'conv2', 'conv4', 'conv6' or 'conv8'?"
+    assert did_you_mean("conv44", choices) == "; did you mean 'conv4'?"
+    assert did_you_mean("resnet", choices) == ""

@@ -30,9 +30,24 @@ class JobError(TicketkitError):
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """Return "; did you mean 'x'?" for the closest choice, or "" if nothing is close."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    """Return "; did you mean 'x'?" for the closest choice, or "" if nothing is close.
+
+    Choices equally close are all named ("conv5": conv2, conv4, conv6 or conv8), in the given
+    order: picking one of them would be a guess.
+    """
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=4, cutoff=0.5)
+    if not close:
+        return ""
+    best = _likeness(name, close[0])
+    tied = [f"'{c}'" for c in choices if c in close and _likeness(name, c) == best]
+    names = tied[0] if len(tied) == 1 else f"{', '.join(tied[:-1])} or {tied[-1]}"
+    return f"; did you mean {names}?"
+
+
+def _likeness(a: str, b: str) -> float:
+    """difflib's similarity ratio, the measure `get_close_matches` ranks by."""
+    return difflib.SequenceMatcher(None, a, b).ratio()
 
 
 def unknown(
