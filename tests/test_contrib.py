@@ -1,8 +1,10 @@
 """The third-party example plugin (plugins-contrib/ticketkit-supermask) works through the CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import run_subprocess
 
@@ -24,14 +26,30 @@ def test_supermask_is_listed_with_its_distribution(installed):
 
 
 def test_supermask_prunes_and_eval_loads_the_ticket(installed, tmp_path):
+    """With no training flags: the plugin's own defaults (lr 100, no weight decay) apply."""
     pruned = run_subprocess(
-        *"prune --method supermask --arch mlp --k 0.5 --dataset digits --epochs 2".split(),
-        *"--lr 100 --weight-decay 0 --out".split(),
+        *"prune --method supermask --arch mlp --k 0.5 --dataset digits --epochs 2 --out".split(),
         tmp_path,
     )
     assert pruned.code == 0, pruned.err
+    config = yaml.safe_load((Path(pruned.out.strip()).parent / "config.yaml").read_text())
+    assert config["lr"] == 100.0 and config["weight_decay"] == 0.0
     evaluated = run_subprocess("eval", pruned.out.strip(), "--json")
     assert evaluated.code == 0, evaluated.err
     record = json.loads(evaluated.out)
     assert record["method"] == "supermask" and record["metrics"] == record["recorded"]
     assert record["metrics"]["test_acc1"] > 30
+
+
+def test_supermask_defaults_are_shown_and_yield_to_the_command_line(installed, tmp_path):
+    shown = run_subprocess("plugins", "show", "supermask", "--json")
+    (record,) = json.loads(shown.out)
+    assert record["defaults"] == {"lr": 100.0, "weight_decay": 0.0}
+    pruned = run_subprocess(
+        *"prune --method supermask --arch mlp --k 0.5 --dataset digits --epochs 0".split(),
+        *"--lr 0.5 --out".split(),
+        tmp_path,
+    )
+    assert pruned.code == 0, pruned.err
+    config = yaml.safe_load((Path(pruned.out.strip()).parent / "config.yaml").read_text())
+    assert config["lr"] == 0.5 and config["weight_decay"] == 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -181,6 +182,18 @@ def get_initializer(name: str) -> InitializerSpec:
 
 def names(kind: str) -> list[str]:
     return [e.spec.name for e in _registry.entries(kind)]
+
+
+def method_defaults(values: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The chosen method's training defaults as a config layer (`config.resolve`'s `beneath`).
+
+    An unknown method is reported here, before any complaint about the rest of the config.
+    """
+    name = values.get("method")
+    if not isinstance(name, str):
+        return None
+    spec = get_method(name)
+    return (f"method {name}'s defaults", dict(spec.defaults)) if spec.defaults else None
 
 
 def require_phase(spec: MethodSpec, phase: str) -> None:

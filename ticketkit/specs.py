@@ -59,9 +59,15 @@ class Spec:
 
 @dataclass(frozen=True)
 class MethodSpec(Spec):
-    """A pruning method. `phase` is the command that runs it (prune, rewire, find-ticket, ...)."""
+    """A pruning method. `phase` is the command that runs it (prune, rewire, find-ticket, ...).
+
+    `defaults` are the training settings the method needs where the shared defaults would not
+    train it (the supermask's lr 100), keyed as the command's config keys. They sit under
+    everything the user gives: command line > config file > preset > method > defaults.
+    """
 
     phase: str = "prune"
+    defaults: Mapping[str, Any] = field(default_factory=dict, hash=False)
     kind: typing.ClassVar[str] = "methods"
 
 

@@ -22,6 +22,23 @@ def test_precedence_cli_over_file_over_preset_over_defaults(tmp_path):
     assert cfg.options == {"alpha": "channel", "ramp_epochs": 3}  # dicts merge key by key
 
 
+def test_a_methods_defaults_sit_under_preset_file_and_cli(tmp_path):
+    def method(values):
+        assert values["method"] == "biprop"  # the layer is chosen from the merged values
+        return ("method biprop's defaults", {"lr": 100.0, "epochs": 9, "momentum": 0.5})
+
+    cfg_file = tmp_path / "c.yml"
+    cfg_file.write_text("epochs: 7\n")
+    cfg = resolve(PruneConfig, {**BASE, "lr": 0.3}, str(cfg_file), "biprop-mpt-1-32", method)
+    assert cfg.lr == 0.3 and cfg.epochs == 7 and cfg.momentum == 0.9  # CLI, file, preset
+    cfg = resolve(PruneConfig, BASE, beneath=method)
+    assert (cfg.lr, cfg.epochs, cfg.momentum) == (100.0, 9, 0.5)  # over the dataclass defaults
+    with pytest.raises(UsageError, match="unknown config key 'learning_rate' in method biprop"):
+        resolve(
+            PruneConfig, BASE, beneath=lambda v: ("method biprop's defaults", {"learning_rate": 1})
+        )
+
+
 def test_unknown_key_names_the_nearest(tmp_path):
     cfg_file = tmp_path / "c.yml"
     cfg_file.write_text("learning_rate: 0.1\n")

@@ -76,6 +76,7 @@ def show(
             "distribution": e.distribution,
             "version": e.version,
             "phase": getattr(e.spec, "phase", None),
+            "defaults": dict(getattr(e.spec, "defaults", {})),
             "options": describe_options(e.spec.options),
         }
         for e in found
@@ -91,6 +92,9 @@ def show(
             f"[bold]{r['name']}[/bold] ({r['kind']}, from {r['distribution']} {r['version']})"
         )
         out.print(r["summary"])
+        if r["defaults"]:
+            settings = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in r["defaults"].items())
+            out.print(f"trains with {settings} unless told otherwise")
         if not r["options"]:
             out.print("no options")
             continue

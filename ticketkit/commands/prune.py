@@ -104,7 +104,7 @@ def prune(
     cli["arch_options"] = arch_options or None
     if resume is not None:
         (cli, config), preset = c.resumed(resume, device), None
-    cfg = configs.resolve(configs.PruneConfig, cli, config, preset)
+    cfg = configs.resolve(configs.PruneConfig, cli, config, preset, registry.method_defaults)
     if registry.get_method(cfg.method).load().source == "checkpoint":  # type: ignore[arg-type]
         cfg.input = c.read_input(checkpoint, "dense checkpoint", cfg.input)
     elif checkpoint is not None:

@@ -1,6 +1,7 @@
 """Run configuration: typed dataclasses, YAML files, presets, and their precedence.
 
-Precedence: CLI > `--config FILE.yml` > `--preset NAME` > defaults. Dict-valued keys
+Precedence: CLI > `--config FILE.yml` > `--preset NAME` > the method's own defaults (a
+`MethodSpec`'s `defaults`, e.g. the supermask's lr) > the dataclass defaults. Dict-valued keys
 (`options`, `arch_options`) merge key by key in the same order. Unknown keys are an error naming
 the nearest valid key. The effective config is saved in the run directory and in the ticket.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -167,9 +169,17 @@ def normalise(data: dict[str, Any], cls: type, source: str) -> dict[str, Any]:
 
 
 def resolve(
-    cls: type, cli: dict[str, Any], config: str | None = None, preset: str | None = None
+    cls: type,
+    cli: dict[str, Any],
+    config: str | None = None,
+    preset: str | None = None,
+    beneath: Callable[[dict[str, Any]], tuple[str, dict[str, Any]] | None] | None = None,
 ) -> Any:
-    """Merge defaults < preset < config file < CLI into a validated config dataclass."""
+    """Merge defaults < beneath < preset < config file < CLI into a validated config dataclass.
+
+    `beneath`, given the merged values, may return one more (source, values) layer to put under
+    the preset: the chosen method's defaults, which are known only once the method is.
+    """
     layers: list[tuple[str, dict[str, Any]]] = []
     if preset:
         known = presets()
@@ -182,13 +192,10 @@ def resolve(
     if config:
         layers.append((f"config {config}", read_yaml(config, "--config")))
     layers.append(("the command line", {k: v for k, v in cli.items() if v is not None}))
-    merged: dict[str, Any] = {}
-    for source, data in layers:
-        for key, value in normalise(data, cls, source).items():
-            if isinstance(merged.get(key), dict) and isinstance(value, dict):
-                merged[key] = {**merged[key], **value}
-            else:
-                merged[key] = value
+    merged = _merge(cls, layers)
+    below = beneath(merged) if beneath is not None else None
+    if below is not None:
+        merged = _merge(cls, [below, *layers])
     hints = typing.get_type_hints(cls)
     typed = {}
     for key, value in merged.items():
@@ -203,6 +210,18 @@ def resolve(
     cfg = cls(**typed)
     cfg.validate()
     return cfg
+
+
+def _merge(cls: type, layers: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Later layers over earlier ones; dict values merge key by key."""
+    merged: dict[str, Any] = {}
+    for source, data in layers:
+        for key, value in normalise(data, cls, source).items():
+            if isinstance(merged.get(key), dict) and isinstance(value, dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    return merged
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:

@@ -55,8 +55,10 @@ def ticketkit_register_methods(register):
         MethodSpec(
             name="supermask",
             summary="stochastic supermask: Bernoulli(sigmoid(s)) masks, top-k at export "
-            "(Zhou et al. 2019; use --lr 100 --weight-decay 0)",
+            "(Zhou et al. 2019)",
             factory=Supermask,
             options=SupermaskOptions,
+            # sigmoid(s) barely moves at the shared lr 0.1; weight decay pulls s to p = 0.5
+            defaults={"lr": 100.0, "weight_decay": 0.0},
         )
     )
