@@ -9,6 +9,7 @@ from ticketkit.core import jobs, train
 from ticketkit.core.config import PruneConfig, resolve
 from ticketkit.core.ticket import Ticket
 from ticketkit.core.train import lr_factor
+from ticketkit.errors import JobError
 
 
 def cfg(tmp_path, **kw):
@@ -72,6 +73,13 @@ def test_finished_run_is_reused_and_force_recomputes(tmp_path):
         Ticket.read(forced.path).meta["payload_sha256"]
         == Ticket.read(first.path).meta["payload_sha256"]
     )
+
+
+def test_scores_gone_to_nan_fail_the_job_though_the_loss_stays_finite(tmp_path):
+    """lr 1e30: scores overflow, every mask empties, the loss sits at log(10), not NaN."""
+    with pytest.raises(JobError, match=r"diverged at epoch 1 \(.*scores holds NaN or inf\)"):
+        jobs.prune(cfg(tmp_path, lr=1e30, epochs=2))
+    assert not list(tmp_path.rglob("ticket.safetensors"))
 
 
 def test_best_and_last_checkpoints_and_metrics(tmp_path):

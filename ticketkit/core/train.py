@@ -177,6 +177,11 @@ def fit(
             raise JobError(
                 f"training diverged at epoch {epoch + 1} (loss is {total_loss}); lower --lr"
             )
+        broken = _first_non_finite(model, optimizers)
+        if broken is not None:
+            raise JobError(
+                f"training diverged at epoch {epoch + 1} ({broken} holds NaN or inf); lower --lr"
+            )
         record = {
             "phase": phase,
             "epoch": epoch + 1,
@@ -196,6 +201,21 @@ def fit(
             run.save_checkpoint("last", model, optimizers, epoch, {"best": best})
         reporter.note(_describe(record))
     return record
+
+
+def _first_non_finite(model: nn.Module, optimizers: dict[str, Any]) -> str | None:
+    """The name of the first trained tensor holding NaN or inf, else None.
+
+    The loss does not always show it: scores that overflowed to NaN are never selected, so
+    every mask empties, the logits are all zero and the loss sits at a finite log(classes).
+    One check per epoch, one device sync.
+    """
+    trained = [p for opt in optimizers.values() for g in opt.param_groups for p in g["params"]]
+    if not trained or bool(torch.stack([torch.isfinite(p).all() for p in trained]).all()):
+        return None
+    names = {id(p): name for name, p in model.named_parameters()}
+    first = next(p for p in trained if not bool(torch.isfinite(p).all()))
+    return names.get(id(first), "a trained tensor")
 
 
 def _describe(record: dict[str, Any]) -> str:
