@@ -31,8 +31,6 @@ app.add_typer(plugins.app, name="plugins")
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    import click
-
     from ticketkit.commands._common import console
     from ticketkit.errors import TicketkitError
 
@@ -41,14 +39,16 @@ def main(argv: list[str] | None = None) -> None:
     except TicketkitError as exc:
         console.print(f"Error: {exc}", markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         console.print("Interrupted.")
         sys.exit(130)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except _command_line_errors() as exc:  # an unknown flag, a value of the wrong type
+        context = getattr(exc, "ctx", None)
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        console.print(f"Error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as exc:
         if os.environ.get("TICKETKIT_DEBUG"):
             raise
@@ -60,3 +60,22 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command_line_errors() -> tuple[type[Exception], ...]:
+    """The parser's error classes: typer >= 0.2x parses with its own copy of click
+    (`typer._click`), older versions with click itself; either may be installed."""
+    found: list[type[Exception]] = []
+    try:
+        from typer._click.exceptions import ClickException
+
+        found.append(ClickException)
+    except ImportError:
+        pass
+    try:
+        from click import ClickException as Upstream
+
+        found.append(Upstream)
+    except ImportError:
+        pass
+    return tuple(found)

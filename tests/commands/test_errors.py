@@ -117,3 +117,23 @@ def test_arch_too_small_for_input_and_learn_bn_without_bn(cli, tmp_path):
         ),
         "no affine normalisation layers",
     )
+
+
+def test_bad_flags_are_usage_errors_not_internal_ones(cli):
+    """The parser's own errors (typer may parse with a vendored copy of click)."""
+    assert_usage_error(cli("prune", "--nope"), "No such option: --nope", "ticketkit prune --help")
+    assert_usage_error(cli(*ARGS, "--epochs", "abc"), "Invalid value for '--epochs'")
+    assert_usage_error(cli("plugins", "show"), "Missing argument")
+    assert_usage_error(cli("nope"), "No such command 'nope'")
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv2", "vgg-small"])
+@pytest.mark.parametrize("width", ["0", "-1", "0.001"])
+def test_a_width_that_leaves_no_units(cli, arch, width):
+    r = cli(
+        *"prune --method biprop --k 0.5 --dataset digits --epochs 0 --arch".split(),
+        arch,
+        "--width",
+        width,
+    )
+    assert_usage_error(r, f"arch '{arch}': width {float(width)} leaves no channels")

@@ -49,6 +49,13 @@ def test_unknown_key_names_the_nearest(tmp_path):
         resolve(PruneConfig, BASE, str(cfg_file))
 
 
+@pytest.mark.parametrize("key", ["lr", "momentum", "weight_decay"])
+def test_negative_optimizer_settings(key):
+    flag = "--" + key.replace("_", "-")
+    with pytest.raises(UsageError, match=f"{flag} must be >= 0, got -1"):
+        resolve(PruneConfig, {**BASE, key: -1.0})
+
+
 @pytest.mark.parametrize("k", [0.0, -0.1, 1.5])
 def test_k_outside_the_unit_interval(k):
     with pytest.raises(UsageError, match=r"\(0, 1\]"):

@@ -53,8 +53,11 @@ class TrainConfig:
             raise UsageError(f"--epochs must be >= 0, got {self.epochs}")
         if self.batch_size <= 0:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.lr < 0:
-            raise UsageError(f"--lr must be >= 0, got {self.lr}")
+        for flag, value in (("--lr", self.lr), ("--momentum", self.momentum)):
+            if value < 0:
+                raise UsageError(f"{flag} must be >= 0, got {value}")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.schedule not in SCHEDULES:
             raise UsageError(
                 f"--schedule must be one of {', '.join(SCHEDULES)}; got '{self.schedule}'"

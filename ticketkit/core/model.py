@@ -84,6 +84,14 @@ def activation(binary: bool) -> nn.Module:
     return SignActivation() if binary else nn.ReLU(inplace=True)
 
 
+def scaled(channels: int, width: float, arch: str) -> int:
+    """`channels * width` as an int (a width multiplier); a clear error when none are left."""
+    c = int(channels * width)
+    if c < 1:
+        raise UsageError(f"arch '{arch}': width {width} leaves no channels (must be larger)")
+    return c
+
+
 def pooled_size(input: InputSpec, pools: int, arch: str) -> tuple[int, int]:
     """Spatial size after `pools` 2x2 max-pools; a clear error if the image is too small."""
     h, w = input.height >> pools, input.width >> pools

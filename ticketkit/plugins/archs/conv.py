@@ -29,7 +29,7 @@ def build(
 ):
     from torch import nn
 
-    from ticketkit.core.model import activation, norm, pooled_size
+    from ticketkit.core.model import activation, norm, pooled_size, scaled
 
     def act(channels: int, dims: int) -> list:
         return (
@@ -41,13 +41,13 @@ def build(
     layers: list = []
     c_in = input.channels
     for i in range(depth):
-        c = int(64 * (2**i) * width)
+        c = scaled(64 * (2**i), width, name)
         layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=bias), *act(c, 2)]
         layers += [nn.Conv2d(c, c, 3, padding=1, bias=bias)]
         layers += [nn.MaxPool2d(2), *act(c, 2)] if binary_act else [*act(c, 2), nn.MaxPool2d(2)]
         c_in = c
     h, w = pooled_size(input, depth, name)
-    hidden = int(256 * width)
+    hidden = scaled(256, width, name)
     layers += [nn.Flatten(), nn.Linear(c_in * h * w, hidden, bias=bias), *act(hidden, 1)]
     layers += [nn.Linear(hidden, hidden, bias=bias), *act(hidden, 1)]
     layers += [nn.Linear(hidden, input.classes, bias=bias)]

@@ -22,11 +22,11 @@ class MLPOptions:
 def build(input, *, width: float, binary_act: bool, affine_bn: bool, bias: bool):
     from torch import nn
 
-    from ticketkit.core.model import activation, norm
+    from ticketkit.core.model import activation, norm, scaled
 
     layers: list = [nn.Flatten()]
     n_in = input.channels * input.height * input.width
-    for n in (int(300 * width), int(100 * width)):
+    for n in (scaled(300, width, "mlp"), scaled(100, width, "mlp")):
         layers.append(nn.Linear(n_in, n, bias=bias))
         layers += [norm(n, 1, affine_bn), activation(True)] if binary_act else [activation(False)]
         n_in = n

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from ticketkit import ArchSpec, hookimpl, option
-from ticketkit.errors import UsageError
 
 PLANES = (64, 128, 256, 512)
 LAYOUTS = {
@@ -33,14 +32,6 @@ class ResNetOptions:
     width: float = option(1.0, "width multiplier for every stage")
     bias: bool = option(True, "bias on the linear classifier (the convs feed BN and have none)")
     affine_bn: bool = option(True, "learnable BatchNorm scale/shift")
-
-
-def scaled(channels: int, width: float, arch: str) -> int:
-    """`channels * width` as an int; a clear error when that leaves no channels."""
-    c = int(channels * width)
-    if c < 1:
-        raise UsageError(f"arch '{arch}': width {width} leaves no channels (must be larger)")
-    return c
 
 
 @functools.cache
@@ -169,6 +160,8 @@ def modules() -> SimpleNamespace:
 
 
 def build(input, *, name: str, width: float, bias: bool, affine_bn: bool):
+    from ticketkit.core.model import scaled
+
     block, layers = LAYOUTS[name]
     planes = [scaled(p, width, f"{name}-imagenet") for p in PLANES]
     return modules().ResNet(

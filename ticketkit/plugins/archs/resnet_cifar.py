@@ -20,13 +20,15 @@ from __future__ import annotations
 import functools
 
 from ticketkit import ArchSpec, hookimpl
-from ticketkit.plugins.archs.resnet import LAYOUTS, PLANES, ResNetOptions, modules, scaled
+from ticketkit.plugins.archs.resnet import LAYOUTS, PLANES, ResNetOptions, modules
 
 DEPTHS = (20, 32, 44, 56)
 
 
 def build(input, *, name: str, width: float, bias: bool, affine_bn: bool):
     """One of DEPTHS' option-A ResNets (`resnet20`...) or a LAYOUTS one (`resnet18`...)."""
+    from ticketkit.core.model import scaled
+
     if name in LAYOUTS:
         block, layers = LAYOUTS[name]
         planes, shortcut = PLANES, "B"

@@ -35,9 +35,9 @@ class VGGSmallOptions:
 def build(input, *, width: float, binary_act: bool, affine_bn: bool, bias: bool):
     from torch import nn
 
-    from ticketkit.core.model import activation, norm, pooled_size
+    from ticketkit.core.model import activation, norm, pooled_size, scaled
 
-    widths = [int(c * width) for c in (128, 128, 256, 256, 512, 512)]
+    widths = [scaled(c, width, "vgg-small") for c in (128, 128, 256, 256, 512, 512)]
     layers: list = []
     c_in = input.channels
     for i, c in enumerate(widths):
@@ -69,8 +69,7 @@ def build_bn(input, *, depth: str, width: float, affine_bn: bool, bias: bool):
     """VGG-11-BN or VGG-16-BN (CONFIGS[depth]) for `input`."""
     from torch import nn
 
-    from ticketkit.core.model import norm
-    from ticketkit.errors import UsageError
+    from ticketkit.core.model import norm, scaled
 
     layers: list = []
     c_in, h, w = input.channels, input.height, input.width
@@ -80,9 +79,7 @@ def build_bn(input, *, depth: str, width: float, affine_bn: bool, bias: bool):
             layers.append(nn.MaxPool2d(kernel) if kernel != (1, 1) else nn.Identity())
             h, w = h // kernel[0], w // kernel[1]
             continue
-        c = int(v * width)
-        if c < 1:
-            raise UsageError(f"arch 'vgg{depth}-bn': width {width} leaves no channels")
+        c = scaled(v, width, f"vgg{depth}-bn")
         layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=bias), norm(c, 2, affine_bn)]
         layers.append(nn.ReLU(inplace=True))
         c_in = c
