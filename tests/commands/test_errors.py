@@ -74,6 +74,7 @@ def test_bad_files_for_eval(cli, tmp_path):
     (tmp_path / "notes.txt").write_text("not a ticket")
     assert_usage_error(cli("eval", tmp_path / "notes.txt"), "not a readable safetensors file")
     assert_usage_error(cli("eval", tmp_path / "missing.safetensors"), "no such file")
+    assert_usage_error(cli("eval", tmp_path), "is a directory; pass the ticket or checkpoint file")
     ok = cli(
         *"prune --method biprop --arch mlp --k 0.5 --dataset digits --epochs 1 --out".split(),
         tmp_path,

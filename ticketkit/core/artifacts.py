@@ -40,6 +40,8 @@ def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _open(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; pass the ticket or checkpoint file in it")
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     try:
