@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+    if code == 130:  # typer >= 0.2x turns a KeyboardInterrupt into exit code 130 itself
+        console.print("Interrupted.")
     sys.exit(code if isinstance(code, int) else 0)
 
 

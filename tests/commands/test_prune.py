@@ -133,3 +133,28 @@ def test_config_is_saved_in_run_dir_and_ticket(cli, tmp_path):
     assert saved["batch_size"] == 32 and saved["options"] == {"alpha": "channel"}
     t = Ticket.read(path)
     assert t.meta["config"]["batch_size"] == 32 and t.meta["method_options"] == {"alpha": "channel"}
+
+
+def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
+    """SIGINT after the first epoch: "Interrupted.", exit 130; the same command then resumes."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "ticketkit"
+    command = [str(script) if script.exists() else "ticketkit"]
+    command += "prune --method biprop --arch mlp --k 0.5 --dataset digits --epochs 50".split()
+    command += ["--out", str(tmp_path)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # progress notes: one line per epoch
+        seen.append(line)
+        if line.startswith("epoch 1:"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + err
+    assert err.strip().splitlines()[-1] == "Interrupted." and out == ""
+    resumed = run_subprocess(*command[1:])
+    assert resumed.code == 0 and "resuming" in resumed.err
