@@ -45,9 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except _command_line_errors() as exc:  # an unknown flag, a value of the wrong type
+        message = exc.format_message().strip()
+        if not message:  # no arguments at all: typer has printed the help already
+            sys.exit(2)
         context = getattr(exc, "ctx", None)
         hint = f" (see `{context.command_path} --help`)" if context is not None else ""
-        console.print(f"Error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
+        console.print(f"Error: {message}{hint}", markup=False, soft_wrap=True)
         sys.exit(2)
     except Exception as exc:
         if os.environ.get("TICKETKIT_DEBUG"):

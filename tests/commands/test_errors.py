@@ -126,6 +126,8 @@ def test_bad_flags_are_usage_errors_not_internal_ones(cli):
     assert_usage_error(cli(*ARGS, "--epochs", "abc"), "Invalid value for '--epochs'")
     assert_usage_error(cli("plugins", "show"), "Missing argument")
     assert_usage_error(cli("nope"), "No such command 'nope'")
+    alone = cli()  # no arguments: the help, and no error line
+    assert "Usage: ticketkit" in alone.out + alone.err and "Error" not in alone.out + alone.err
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv2", "vgg-small"])
