@@ -153,13 +153,42 @@ def config_values(arguments: dict[str, Any], config_class: type) -> dict[str, An
     return {key: value for key, value in arguments.items() if key in keys}
 
 
-def resumed(resume: Path, device: str | None) -> tuple[dict[str, Any], str]:
-    """CLI values and config file that continue the run in `resume` (only --device may change)."""
-    if not (resume / "config.yaml").is_file():
+def resumed(
+    resume: Path,
+    given: dict[str, Any],
+    config: str | None,
+    preset: str | None,
+    config_class: type,
+    command: str,
+) -> tuple[dict[str, Any], str, None]:
+    """CLI values, config file and preset that continue the run in `resume`.
+
+    The run's saved config is its whole config, so any other setting given with --resume would
+    be lost without a word: that, and a run of another command, are errors. Only --device may
+    change (a run started on a GPU can finish on the CPU).
+    """
+    import dataclasses
+
+    from ticketkit.core.config import read_yaml
+
+    saved = resume / "config.yaml"
+    if not saved.is_file():
         raise UsageError(f"--resume {resume}: not a run directory (no config.yaml)")
-    return {"name": resume.name, "out": str(resume.parent), "device": device}, str(
-        resume / "config.yaml"
-    )
+    keys = {str(key).replace("-", "_") for key in read_yaml(saved, "--resume")}
+    if not keys <= {f.name for f in dataclasses.fields(config_class)}:
+        raise UsageError(f"--resume {resume}: not a `ticketkit {command}` run")
+    extra = [
+        f"--{k.replace('_', '-')}" for k, v in given.items() if k != "device" and v is not None
+    ]
+    extra.sort()
+    extra += [flag for flag, v in (("--config", config), ("--preset", preset)) if v is not None]
+    if extra:
+        raise UsageError(
+            f"--resume continues a run with its saved settings; drop {', '.join(extra)} "
+            "(only --device may change)"
+        )
+    continued = {"name": resume.name, "out": str(resume.parent), "device": given.get("device")}
+    return continued, str(saved), None
 
 
 def emit(record: dict[str, Any], as_json: bool) -> None:

@@ -41,7 +41,9 @@ def finetune(
 
     cli = c.config_values(locals(), configs.FinetuneConfig)
     if resume is not None:
-        (cli, config), preset = c.resumed(resume, device), None
+        cli, config, preset = c.resumed(
+            resume, cli, config, preset, configs.FinetuneConfig, "finetune"
+        )
     cfg = configs.resolve(configs.FinetuneConfig, cli, config, preset)
     if cfg.k is not None:
         configs.check_k(cfg.k)

@@ -52,7 +52,9 @@ def pretrain(
     cli = c.config_values(locals(), configs.PretrainConfig)
     cli["arch_options"] = arch_options or None
     if resume is not None:
-        (cli, config), preset = c.resumed(resume, device), None
+        cli, config, preset = c.resumed(
+            resume, cli, config, preset, configs.PretrainConfig, "pretrain"
+        )
     cfg = configs.resolve(configs.PretrainConfig, cli, config, preset)
     result = jobs.pretrain(cfg, c.Progress(), force=force)
     c.emit(result.record(), json_out)

@@ -89,9 +89,9 @@ class Run:
         if not self.config_path.exists():
             return False
 
-        def essential(text: str) -> dict:
+        def essential(text: str) -> dict:  # where it is written, and where it runs (--resume)
             data = yaml.safe_load(text) or {}
-            return {k: v for k, v in data.items() if k not in ("out", "name")}
+            return {k: v for k, v in data.items() if k not in ("out", "name", "device")}
 
         return essential(self.config_path.read_text()) == essential(config_yaml)
 
