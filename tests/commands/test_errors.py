@@ -132,11 +132,11 @@ def test_bad_flags_are_usage_errors_not_internal_ones(cli):
 
 @pytest.mark.parametrize("arch", ["mlp", "conv2", "vgg-small"])
 @pytest.mark.parametrize("width", ["0", "-1", "0.001"])
-def test_a_width_that_leaves_no_units(cli, arch, width):
+def test_a_width_that_leaves_no_units(cli, arch, width, tmp_path):
     r = cli(
         *"prune --method biprop --k 0.5 --dataset digits --epochs 0 --arch".split(),
         arch,
-        "--width",
-        width,
+        *("--width", width, "--out", tmp_path),
     )
     assert_usage_error(r, f"arch '{arch}': width {float(width)} leaves no channels")
+    assert not list(tmp_path.iterdir())  # a run that fails to set up leaves no directory

@@ -74,18 +74,22 @@ def _shape(spec: Any) -> str:
     return f"{spec.channels}x{spec.height}x{spec.width} images in {spec.classes} classes"
 
 
-def _start(run: Run, cfg: Any, artifact: str, force: bool, reporter: Reporter) -> Path | None:
-    """The finished artifact if this exact run is done (and not forced); else claim the run."""
+def _finished(run: Run, config: str, artifact: str, force: bool, reporter: Reporter) -> Path | None:
+    """The finished artifact if this exact run (`config`: its YAML) is done and not forced."""
     path = run.artifact(artifact)
-    text = configs.to_yaml(cfg)
-    if not force and path.exists() and run.matches(text):
+    if not force and path.exists() and run.matches(config):
         reporter.note(f"reusing finished run {run.root} (--force recomputes)")
         return path
-    run.claim(text, force)
+    return None
+
+
+def _claim(run: Run, config: str, force: bool) -> None:
+    """Take the run directory, once the model is built: a run that fails to set up (a width
+    that leaves no channels, an option the method refuses) leaves no directory behind."""
+    run.claim(config, force)
     if force:
         for stale in run.checkpoints.glob("*.safetensors"):
             stale.unlink()
-    return None
 
 
 def _finish(
@@ -143,13 +147,15 @@ def pretrain(
         get_initializer(cfg.init)
     cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, {})  # type: ignore[arg-type]
     run = Run.for_config("pretrain", configs.as_dict(cfg), f"{cfg.arch}")
-    done = _start(run, cfg, "checkpoint.safetensors", force, reporter)
+    config = configs.to_yaml(cfg)  # what the run is matched on, and writes when claimed
+    done = _finished(run, config, "checkpoint.safetensors", force, reporter)
     if done is not None:
         return _reused("checkpoint", done, Checkpoint)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, ds.input, **cfg.arch_options)  # type: ignore[arg-type]
     if cfg.init is not None:
         init_weights(model, cfg.init, seed=cfg.seed)
+    _claim(run, config, force)
     fit(
         model,
         Method(None, Setup(k=1.0, epochs=cfg.epochs, seed=cfg.seed)),
@@ -218,7 +224,8 @@ def prune(
     parent_id = parent.meta["payload_sha256"] if parent else None
     label = f"{cfg.arch}-{cfg.method}-k{cfg.k:g}"
     run = Run.for_config("prune", configs.as_dict(cfg), label, parent_id)
-    done = _start(run, cfg, "ticket.safetensors", force, reporter)
+    config = configs.to_yaml(cfg)  # what the run is matched on, and writes when claimed
+    done = _finished(run, config, "ticket.safetensors", force, reporter)
     if done is not None:
         return _reused("ticket", done, Ticket)
     torch.manual_seed(cfg.seed)
@@ -228,6 +235,7 @@ def prune(
             f"--learn-bn: arch '{cfg.arch}' as configured has no affine normalisation layers"
         )
     method.prepare(model)
+    _claim(run, config, force)
     if method.trains:
         fit(model, method, ds, cfg, run, reporter, phase="prune")
     method.finish(model)
@@ -338,7 +346,8 @@ def finetune(
         f"{parent.meta['arch']}-{parent.meta['method']}-k{k:g}",
         parent.meta["payload_sha256"],
     )
-    done = _start(run, cfg, "ticket.safetensors", force, reporter)
+    config = configs.to_yaml(cfg)  # what the run is matched on, and writes when claimed
+    done = _finished(run, config, "ticket.safetensors", force, reporter)
     if done is not None:
         return _reused("ticket", done, Ticket)
     torch.manual_seed(cfg.seed)
@@ -352,6 +361,7 @@ def finetune(
             layer.mask.copy_(masks[layer.path])
     for p in model.parameters():
         p.requires_grad_(True)
+    _claim(run, config, force)
     fit(
         model,
         Method(None, Setup(k=k, epochs=cfg.epochs, seed=cfg.seed)),
