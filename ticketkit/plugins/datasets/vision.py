@@ -9,10 +9,12 @@ torchvision. Normalisation constants are the usual per-channel training-set stat
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 from typing import ClassVar
 
 from ticketkit import hookimpl
+from ticketkit.errors import UsageError
 from ticketkit.plugin import DatasetSource
 from ticketkit.specs import DatasetSpec
 
@@ -27,14 +29,22 @@ def read_idx(path: Path):
     import numpy as np
     import torch
 
+    def broken(why: str) -> UsageError:
+        return UsageError(f"{path} is not a readable idx file ({why}); replace it or pass --data")
+
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:  # a truncated or corrupt gzip stream
+        raise broken(str(exc) or type(exc).__name__) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte idx file")
+        raise broken("no unsigned-byte idx header")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    body = np.frombuffer(data, dtype=np.uint8, offset=min(4 + 4 * ndim, len(data)))
+    if body.size != math.prod(dims):
+        raise broken(f"{body.size} bytes of data for shape {tuple(dims)}: truncated?")
     return torch.from_numpy(body.copy()).view(*dims)
 
 
