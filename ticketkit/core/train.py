@@ -211,10 +211,13 @@ def _first_non_finite(model: nn.Module, optimizers: dict[str, Any]) -> str | Non
     One check per epoch, one device sync.
     """
     trained = [p for opt in optimizers.values() for g in opt.param_groups for p in g["params"]]
-    if not trained or bool(torch.stack([torch.isfinite(p).all() for p in trained]).all()):
+    if not trained:
         return None
+    finite = torch.stack([torch.isfinite(p).all() for p in trained]).tolist()
+    if all(finite):
+        return None
+    first = trained[finite.index(False)]
     names = {id(p): name for name, p in model.named_parameters()}
-    first = next(p for p in trained if not bool(torch.isfinite(p).all()))
     return names.get(id(first), "a trained tensor")
 
 
