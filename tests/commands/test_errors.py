@@ -140,3 +140,25 @@ def test_a_width_that_leaves_no_units(cli, arch, width, tmp_path):
     )
     assert_usage_error(r, f"arch '{arch}': width {float(width)} leaves no channels")
     assert not list(tmp_path.iterdir())  # a run that fails to set up leaves no directory
+
+
+def test_where_a_run_would_be_written(cli, tmp_path):
+    """--name stays inside --out; an --out that cannot hold run directories is bad input."""
+    args = [*ARGS, "--method", "biprop", "--k", "0.5", "--epochs", "0"]
+    for name in ("..", ".", "a/b", "../escape"):
+        assert_usage_error(
+            cli(*args, "--out", tmp_path / "runs", "--name", name), "--name must be a plain"
+        )
+    (tmp_path / "afile").write_text("mine")
+    assert_usage_error(
+        cli(*args, "--out", tmp_path / "afile"), "cannot create the run directory", "Not a dir"
+    )
+    assert (tmp_path / "afile").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing written anywhere
+
+
+def test_config_that_is_a_directory_and_a_device_that_is_not_there(cli, tmp_path):
+    args = [*ARGS, "--method", "biprop", "--k", "0.5", "--out", tmp_path]
+    assert_usage_error(cli(*args, "--config", tmp_path), "is a directory, not a YAML file")
+    assert_usage_error(cli(*args, "--device", "tpu"), "is not a device")
+    assert not list(tmp_path.iterdir())  # no run directory for a run that cannot start

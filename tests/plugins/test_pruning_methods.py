@@ -73,6 +73,24 @@ def test_magnitude_is_one_shot_and_keeps_the_largest_weights(pretrained_digits_m
     assert torch.cat(kept).min() >= torch.cat(dropped).max()
 
 
+def test_magnitude_notes_ignored_epochs_only_when_given(cli, pretrained_digits_mlp, tmp_path):
+    args = (
+        "prune",
+        pretrained_digits_mlp,
+        "--method",
+        "magnitude",
+        "--k",
+        "0.5",
+        "--out",
+        tmp_path,
+    )
+    quiet = cli(*args)
+    assert quiet.code == 0 and "ignored" not in quiet.err, quiet.err
+    noted = cli(*args, "--epochs", "3")
+    assert "magnitude is one-shot: --epochs is ignored" in noted.err
+    assert noted.out == quiet.out  # the same run: epochs does not reach the config
+
+
 def test_bip_implicit_gradient_term_is_applied(pretrained_digits_mlp):
     """With ig = c, the score gradient is g*W*sign(s) - c*m*g^2 (the paper's bi-linear IG)."""
     from ticketkit.core.artifacts import Checkpoint

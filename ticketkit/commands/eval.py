@@ -1,5 +1,5 @@
 """`ticketkit eval`: measure a ticket (or a dense checkpoint) on its dataset's test set, from
-the file alone."""
+the file alone, or on another dataset of the same image shape and classes (`--dataset`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from ticketkit.commands import _common as c
 
 def eval_(
     artifact: c.Input = None,
+    dataset: c.Dataset = None,
     data: c.Data = None,
     device: c.Device = None,
     json_out: c.Json = False,
@@ -16,20 +17,16 @@ def eval_(
     from rich.table import Table
 
     from ticketkit.core.artifacts import read_artifact
-    from ticketkit.core.data import load_dataset
+    from ticketkit.core.data import load_for
     from ticketkit.core.train import evaluate, resolve_device
-    from ticketkit.errors import UsageError
 
     path = c.read_input(artifact, "ticket or checkpoint")
     t = read_artifact(path)
     dev = resolve_device(device or "auto")
-    ds = load_dataset(t.meta["dataset"], data)
-    if ds.input != t.input:
-        raise UsageError(
-            f"{path} was made for input {t.input}, but dataset '{ds.name}' gives {ds.input}"
-        )
+    ds = load_for(t.input, dataset or t.meta["dataset"], data)
     metrics = evaluate(t.build(dev), ds, dev)
-    recorded = t.meta.get("metrics", {})
+    # what was recorded at creation compares only on the dataset it was measured on
+    recorded = t.meta.get("metrics", {}) if ds.name == t.meta["dataset"] else {}
     if "layers" in t.meta:
         c.console.print(c.layer_table(t.meta["layers"], title=f"{path}"))
     summary = Table(show_header=True, show_edge=False, pad_edge=False)
@@ -55,7 +52,7 @@ def eval_(
         "parent": t.meta.get("parent") or None,
         "method": t.meta.get("method", "dense"),
         "k": float(t.meta.get("k", 1.0)),
-        "dataset": t.meta["dataset"],
+        "dataset": ds.name,
         "weights": t.meta.get("weights", "dense"),
         "metrics": metrics,
         "recorded": recorded,

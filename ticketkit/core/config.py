@@ -62,6 +62,17 @@ class TrainConfig:
             raise UsageError(
                 f"--schedule must be one of {', '.join(SCHEDULES)}; got '{self.schedule}'"
             )
+        from ticketkit.core.train import resolve_device
+
+        resolve_device(self.device)  # before any work: a run directory, the dataset
+        if self.name is not None and (
+            self.name in (".", "..") or any(sep in self.name for sep in "/\\")
+        ):
+            # a run directory inside --out: `..` or a path would write it somewhere else
+            raise UsageError(
+                f"--name must be a plain directory name (no '/', not '.' or '..'), got "
+                f"'{self.name}'; use --out for the parent directory"
+            )
 
     def require_dataset(self) -> str:
         if self.dataset is None:
@@ -149,6 +160,10 @@ def read_yaml(path: Path | str, what: str) -> dict[str, Any]:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise UsageError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path}: is a directory, not a YAML file") from None
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot read it ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{what} {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:

@@ -44,6 +44,9 @@ class InputSpec:
     def from_json(cls, text: str) -> InputSpec:
         return cls(**json.loads(text))
 
+    def __str__(self) -> str:
+        return f"{self.channels}x{self.height}x{self.width} images in {self.classes} classes"
+
 
 @dataclass
 class Split:
@@ -70,6 +73,19 @@ class Dataset:
     def input(self) -> InputSpec:
         _, c, h, w = self.train.images.shape
         return InputSpec(c, h, w, self.classes)
+
+
+def load_for(
+    made_for: InputSpec, name: str, data: str | None = None, subset: int | None = None
+) -> Dataset:
+    """`load_dataset`, refusing a dataset whose images or classes differ from `made_for`
+    (what an artifact's network was built for)."""
+    ds = load_dataset(name, data, subset)
+    if ds.input != made_for:
+        raise UsageError(
+            f"the input was made for {made_for}, but dataset '{ds.name}' gives {ds.input}"
+        )
+    return ds
 
 
 def candidate_dirs(name: str, data: str | None) -> list[Path]:

@@ -18,7 +18,7 @@ import torch
 
 from ticketkit.core import config as configs
 from ticketkit.core.artifacts import Bundle, Checkpoint
-from ticketkit.core.data import Dataset, load_dataset
+from ticketkit.core.data import Dataset, load_dataset, load_for
 from ticketkit.core.model import arch_options, build_model, init_weights
 from ticketkit.core.rules import Fixed
 from ticketkit.core.runs import Run
@@ -59,19 +59,10 @@ class Result:
 
 def _dataset_for(cfg: Any, parent: Bundle | None) -> Dataset:
     """The config's dataset (default: the parent's), checked against the parent's input shape."""
-    if cfg.dataset is None and parent is not None:
-        cfg.dataset = parent.meta["dataset"]
-    ds = load_dataset(cfg.require_dataset(), cfg.data, cfg.subset)
-    if parent is not None and ds.input != parent.input:
-        raise UsageError(
-            f"the input was made for {_shape(parent.input)}, but dataset '{ds.name}' gives "
-            f"{_shape(ds.input)}"
-        )
-    return ds
-
-
-def _shape(spec: Any) -> str:
-    return f"{spec.channels}x{spec.height}x{spec.width} images in {spec.classes} classes"
+    if parent is None:
+        return load_dataset(cfg.require_dataset(), cfg.data, cfg.subset)
+    cfg.dataset = cfg.dataset or parent.meta["dataset"]
+    return load_for(parent.input, cfg.dataset, cfg.data, cfg.subset)
 
 
 def _finished(run: Run, config: str, artifact: str, force: bool, reporter: Reporter) -> Path | None:

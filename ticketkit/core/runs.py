@@ -102,7 +102,13 @@ class Run:
                 f"{self.root} holds a run with a different config; "
                 f"pick another --name or --out, or pass --force to replace it"
             )
-        atomic_text(self.config_path, config_yaml)
+        try:
+            atomic_text(self.config_path, config_yaml)
+        except OSError as exc:  # --out names a file, or a place that cannot be written
+            where = "" if str(exc.filename).startswith(str(self.root)) else f"{exc.filename}: "
+            raise UsageError(
+                f"cannot create the run directory {self.root} ({where}{exc.strerror})"
+            ) from None
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl."""

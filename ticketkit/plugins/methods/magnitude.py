@@ -24,5 +24,6 @@ def ticketkit_register_methods(register):
             name="magnitude",
             summary="magnitude pruning of a trained network, layer-wise or global (one-shot)",
             factory=Magnitude,
+            defaults={"epochs": 0},  # nothing trains: a given --epochs gets a note
         )
     )
