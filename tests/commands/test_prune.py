@@ -135,6 +135,19 @@ def test_config_is_saved_in_run_dir_and_ticket(cli, tmp_path):
     assert t.meta["config"]["batch_size"] == 32 and t.meta["method_options"] == {"alpha": "channel"}
 
 
+def test_schedule_flags_reach_the_training_loop(cli, tmp_path):
+    r = cli(
+        *"prune --method biprop --arch mlp --k 0.5 --dataset digits --epochs 4".split(),
+        *"--eval-every 0 --schedule step --warmup 1 --lr-steps 2,3 --lr-gamma 0.5".split(),
+        *("--out", tmp_path),
+    )
+    assert r.code == 0, r.err
+    run = tmp_path / r.out.strip().split("/")[-2]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = [line["lr"] for line in lines if line["phase"] == "prune"]
+    assert lrs == pytest.approx([0.1, 0.1, 0.05, 0.025])  # warm-up epoch, then steps at 2, 3
+
+
 def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
     """SIGINT after the first epoch: "Interrupted.", exit 130; the same command then resumes."""
     import signal

@@ -74,6 +74,30 @@ def test_bad_values_and_files(tmp_path):
         resolve(PruneConfig, BASE, str(tmp_path / "bad.yml"))
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"eval_every": -1}, "--eval-every must be >= 0"),
+        ({"warmup": -2}, "--warmup must be >= 0"),
+        ({"lr_gamma": 0.0}, "--lr-gamma must be positive"),
+        ({"lr_steps": "3,x"}, "config key 'lr_steps': expected int, got 'x'"),
+        ({"lr_steps": [3, 2.5]}, "expected an integer, got '2.5'"),
+        ({"lr_steps": [3, -1]}, r"--lr-steps must be epochs \(>= 0\)"),
+        ({"name": ".."}, "--name must be a plain directory name"),
+        ({"device": "tpu"}, "is not a device"),
+    ],
+)
+def test_bad_schedule_and_run_settings(values, message):
+    with pytest.raises(UsageError, match=message):
+        resolve(PruneConfig, {**BASE, **values})
+
+
+def test_lr_steps_from_the_command_line_or_a_file(tmp_path):
+    assert resolve(PruneConfig, {**BASE, "lr_steps": "30,60"}).lr_steps == [30, 60]
+    (tmp_path / "c.yml").write_text("lr_steps: [5, 8]\n")
+    assert resolve(PruneConfig, BASE, str(tmp_path / "c.yml")).lr_steps == [5, 8]
+
+
 def test_shipped_presets_all_resolve():
     assert {"edgepopup-conv", "biprop-mpt-1-32", "biprop-mpt-1-1"} <= set(presets())
     for name in presets():

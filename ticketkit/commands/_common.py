@@ -94,6 +94,18 @@ WeightDecay = Annotated[
 Schedule = Annotated[
     str | None, typer.Option("--schedule", help="learning-rate schedule: cosine, constant, step")
 ]
+LrSteps = Annotated[
+    str | None,
+    typer.Option(
+        "--lr-steps", help="epochs at which --schedule step multiplies the lr, e.g. 30,60"
+    ),
+]
+LrGamma = Annotated[
+    float | None, typer.Option("--lr-gamma", help="the step schedule's factor (default 0.1)")
+]
+Warmup = Annotated[
+    int | None, typer.Option("--warmup", help="epochs of linear lr warm-up before the schedule")
+]
 Seed = Annotated[
     int | None, typer.Option("--seed", help="random seed (weights, scores, data order)")
 ]

@@ -39,7 +39,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "cosine"
-    lr_steps: list = field(default_factory=list)
+    lr_steps: list[int] = field(default_factory=list)  # epochs; `--lr-steps 30,60`
     lr_gamma: float = 0.1
     warmup: int = 0
     seed: int = 0
@@ -49,8 +49,13 @@ class TrainConfig:
     name: str | None = None
 
     def validate(self) -> None:
-        if self.epochs < 0:
-            raise UsageError(f"--epochs must be >= 0, got {self.epochs}")
+        for flag, count in (
+            ("--epochs", self.epochs),
+            ("--eval-every", self.eval_every),
+            ("--warmup", self.warmup),
+        ):
+            if count < 0:
+                raise UsageError(f"{flag} must be >= 0, got {count}")
         if self.batch_size <= 0:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
         for flag, value in (("--lr", self.lr), ("--momentum", self.momentum)):
@@ -65,6 +70,10 @@ class TrainConfig:
         from ticketkit.core.train import resolve_device
 
         resolve_device(self.device)  # before any work: a run directory, the dataset
+        if self.lr_gamma <= 0:
+            raise UsageError(f"--lr-gamma must be positive, got {self.lr_gamma}")
+        if any(step < 0 for step in self.lr_steps):
+            raise UsageError(f"--lr-steps must be epochs (>= 0), got {self.lr_steps}")
         if self.name is not None and (
             self.name in (".", "..") or any(sep in self.name for sep in "/\\")
         ):
@@ -220,8 +229,14 @@ def resolve(
         tp = hints[key]
         if tp in (dict, list) or typing.get_origin(tp) in (dict, list):
             expected = dict if (tp is dict or typing.get_origin(tp) is dict) else list
+            if expected is list and isinstance(value, str):  # from the command line: a,b,c
+                value = [item for item in value.split(",") if item.strip()]
             if not isinstance(value, expected):
                 raise UsageError(f"config key '{key}' must be a {expected.__name__}")
+            if expected is list and typing.get_args(tp):
+                value = [
+                    _coerce(item, typing.get_args(tp)[0], f"config key '{key}'") for item in value
+                ]
             typed[key] = value
         else:
             typed[key] = _coerce(value, tp, f"config key '{key}'")

@@ -85,7 +85,7 @@ def lr_factor(cfg: Any, epoch: int) -> float:
         span = max(cfg.epochs - cfg.warmup, 1)
         return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup) / span))
     if cfg.schedule == "step":
-        return cfg.lr_gamma ** sum(1 for s in cfg.lr_steps if epoch >= int(s))
+        return cfg.lr_gamma ** sum(1 for s in cfg.lr_steps if epoch >= s)
     return 1.0
 
 
