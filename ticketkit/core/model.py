@@ -36,7 +36,32 @@ def build_model(arch: str, input: InputSpec, **options: Any) -> nn.Module:
     kwargs = dataclasses.asdict(typed)
     if spec.family:
         kwargs["variant"] = arch.partition(":")[2]
-    return spec.load()(input, **kwargs)
+    model = spec.load()(input, **kwargs)
+    _check_fits(model, arch, input)
+    return model
+
+
+@torch.no_grad()
+def _check_fits(model: nn.Module, arch: str, input: InputSpec) -> None:
+    """Run one blank image through the new model: an arch that cannot take the dataset's
+    images (a ViT's 16x16 patches on 8x8 digits) is bad input, said before any work starts,
+    not an internal error in the first training step. Eval mode: BatchNorm takes a batch of 1
+    and nothing random runs, so the RNG and every buffer are left as they were."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(1, input.channels, input.height, input.width))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"arch '{arch}' cannot take {input} ({reason})") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, input.classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(
+            f"arch '{arch}' gives outputs of shape {shape} for one image; "
+            f"expected (1, {input.classes}) logits"
+        )
 
 
 @torch.no_grad()
