@@ -148,6 +148,19 @@ def test_schedule_flags_reach_the_training_loop(cli, tmp_path):
     assert lrs == pytest.approx([0.1, 0.1, 0.05, 0.025])  # warm-up epoch, then steps at 2, 3
 
 
+def test_optimizer_options_reach_the_optimizer(cli, tmp_path):
+    args = [*"prune --method biprop --arch mlp --k 0.5 --dataset digits --epochs 1".split()]
+    r = cli(*args, "-O", "nesterov=true", "--out", tmp_path / "runs")
+    assert r.code == 0, r.err
+    last = tmp_path / "runs" / r.out.strip().split("/")[-2] / "checkpoints" / "last.safetensors"
+    with safe_open(str(last), "pt") as f:
+        groups = json.loads(f.metadata()["opt.main"])["groups"]
+    assert groups and all(group["nesterov"] for group in groups)
+    bad = cli(*args, "-O", "nestrov=true", "--out", tmp_path / "bad")
+    assert bad.code == 2 and "no option 'nestrov'; did you mean 'nesterov'?" in bad.err
+    assert not (tmp_path / "bad").exists()  # refused before any work
+
+
 def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
     """SIGINT after the first epoch: "Interrupted.", exit 130; the same command then resumes."""
     import signal

@@ -143,6 +143,14 @@ ArchOptions = Annotated[
         help="arch option name=value, e.g. -A depth=16 (see `ticketkit plugins show ARCH`)",
     ),
 ]
+OptimizerOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--optimizer-option",
+        "-O",
+        help="optimizer option name=value, e.g. -O nesterov=true (`ticketkit plugins show sgd`)",
+    ),
+]
 Input = Annotated[
     str | None,
     typer.Argument(
@@ -189,8 +197,12 @@ def resumed(
     keys = {str(key).replace("-", "_") for key in read_yaml(saved, "--resume")}
     if not keys <= {f.name for f in dataclasses.fields(config_class)}:
         raise UsageError(f"--resume {resume}: not a `ticketkit {command}` run")
+    flags = {"options": "--option", "optimizer_options": "--optimizer-option"}
+    flags["arch_options"] = "--arch-option/--width/--binary-act"
     extra = [
-        f"--{k.replace('_', '-')}" for k, v in given.items() if k != "device" and v is not None
+        flags.get(k, f"--{k.replace('_', '-')}")
+        for k, v in given.items()
+        if k != "device" and v is not None
     ]
     extra.sort()
     extra += [flag for flag, v in (("--config", config), ("--preset", preset)) if v is not None]

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ticketkit.commands import _common as c
+from ticketkit.specs import parse_assignments
 
 
 def finetune(
@@ -20,6 +21,7 @@ def finetune(
     epochs: c.Epochs = None,
     batch_size: c.BatchSize = None,
     optimizer: c.Optimizer = None,
+    optimizer_option: c.OptimizerOptions = None,
     lr: Annotated[float | None, typer.Option("--lr", help="learning rate (default: 0.01)")] = None,
     momentum: c.Momentum = None,
     weight_decay: c.WeightDecay = None,
@@ -43,6 +45,7 @@ def finetune(
     from ticketkit.core import jobs
 
     cli = c.config_values(locals(), configs.FinetuneConfig)
+    cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
     if resume is not None:
         cli, config, preset = c.resumed(
             resume, cli, config, preset, configs.FinetuneConfig, "finetune"

@@ -27,6 +27,7 @@ def pretrain(
     epochs: c.Epochs = None,
     batch_size: c.BatchSize = None,
     optimizer: c.Optimizer = None,
+    optimizer_option: c.OptimizerOptions = None,
     lr: c.Lr = None,
     momentum: c.Momentum = None,
     weight_decay: c.WeightDecay = None,
@@ -53,6 +54,7 @@ def pretrain(
     if width is not None:
         arch_options["width"] = width
     cli = c.config_values(locals(), configs.PretrainConfig)
+    cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
     cli["arch_options"] = arch_options or None
     if resume is not None:
         cli, config, preset = c.resumed(

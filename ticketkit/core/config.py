@@ -68,8 +68,11 @@ class TrainConfig:
                 f"--schedule must be one of {', '.join(SCHEDULES)}; got '{self.schedule}'"
             )
         from ticketkit.core.train import resolve_device
+        from ticketkit.registry import get_optimizer
 
-        resolve_device(self.device)  # before any work: a run directory, the dataset
+        # before any work (a run directory, the dataset): the device, the optimizer's options
+        resolve_device(self.device)
+        get_optimizer(self.optimizer).make_options(self.optimizer_options)
         if self.lr_gamma <= 0:
             raise UsageError(f"--lr-gamma must be positive, got {self.lr_gamma}")
         if any(step < 0 for step in self.lr_steps):
