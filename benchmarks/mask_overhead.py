@@ -38,6 +38,7 @@ import ticketkit.core.sparsity as sparsity_module
 from ticketkit.core.data import InputSpec
 from ticketkit.core.model import build_model
 from ticketkit.core.select import Selector, kept_count
+from ticketkit.core.sparsity import sparsifier_of
 from ticketkit.core.train import retain_freed_memory
 from ticketkit.plugin import Setup
 from ticketkit.plugins.methods.biprop import Biprop, BipropOptions
@@ -138,6 +139,9 @@ class Stepper:
         self.model, self.x, self.y, self.eager = model, x, y, eager
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=1e-4)
+        sparsifier = sparsifier_of(model)
+        if sparsifier is not None and not eager:  # as ticketkit's training loop does
+            sparsifier.fold_weight_decay([self.opt])
 
     def __call__(self, steps: int) -> float:
         if not self.eager:

@@ -163,7 +163,7 @@ def test_every_flag_set_gives_the_same_results(tmp_path):
             s, 100_000, out, w, 0.95 * t_true, 1.05 * t_true, buf, where
         )
         (binary,) = built.binary_weights([w], [out], [torch.tensor(0.25)])
-        (grad,) = built.score_grads([g], [w], [s])
+        (grad,) = built.score_grads([g], [w], [s], [1e-4])
         results.append((count, t, band, above, total, out, grad, binary))
     first = results[0]
     for other in results[1:]:
@@ -181,6 +181,12 @@ def test_score_grad_is_bitwise_the_eager_formula():
     fused, fused2 = kernels().score_grads([g, g2], [w, w2], [s, s2])
     assert torch.equal(fused, torch.sign(s).mul_(w).mul_(g))
     assert torch.equal(fused2, torch.sign(s2) * w2 * g2)
+    # a folded weight decay per layer (Sparsifier.fold_weight_decay): + decay * s
+    decayed, plain = kernels().score_grads([g, g2], [w, w2], [s, s2], [1e-3, 0.0])
+    torch.testing.assert_close(decayed, torch.sign(s) * w * g + 1e-3 * s)
+    assert torch.equal(plain, fused2)
+    s[5] = float("inf")  # no decay: an infinite score stays out of the arithmetic
+    assert not kernels().score_grads([g], [w], [s], [0.0])[0][5].isnan()
 
 
 def test_binary_weight_is_bitwise_the_eager_formula():

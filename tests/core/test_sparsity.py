@@ -301,3 +301,91 @@ def test_fused_kernels_train_like_eager_pytorch(monkeypatch):
     for a, b in zip(fused[1], eager[1], strict=True):  # alpha's sum is added in another order
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     assert fused[2] == pytest.approx(eager[2], rel=1e-6)
+
+
+def _decayed_steps(
+    fold: bool, opt_cls=torch.optim.SGD, steps: int = 5, decay: float = 0.01, **opt_kw
+):
+    """Steps of a small biprop mlp whose optimizer has weight decay, folded in or not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 200, bias=False), nn.ReLU(), nn.Linear(200, 10))
+    sp = attach(model, k=0.4, binary=True)
+    opt = opt_cls(sp.scores(), lr=0.05, weight_decay=decay, **opt_kw)
+    if fold:
+        sp.fold_weight_decay([opt])
+    x, y = torch.randn(32, 300), torch.randint(0, 10, (32,))
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return sp, opt, [s.detach().clone() for s in sp.scores()]
+
+
+@pytest.mark.parametrize(
+    "opt_cls, kw", [(torch.optim.SGD, {"momentum": 0.9}), (torch.optim.Adam, {})]
+)
+def test_weight_decay_folded_into_the_score_gradient_trains_the_same(opt_cls, kw):
+    from ticketkit.core.kernels import kernels
+
+    if kernels() is None:
+        pytest.skip("no C compiler: nothing is folded")
+    sp, opt, folded = _decayed_steps(True, opt_cls, **kw)
+    assert opt.param_groups[0]["weight_decay"] == 0.0  # the optimizer no longer adds it
+    assert [layer.param.decay for layer in sp.layers] == [0.01, 0.01]
+    _, plain_opt, plain = _decayed_steps(False, opt_cls, **kw)
+    assert plain_opt.param_groups[0]["weight_decay"] == 0.01
+    undecayed = _decayed_steps(False, opt_cls, decay=0.0, **kw)[2]
+    for a, b, c in zip(folded, plain, undecayed, strict=True):
+        # g + wd*s rounds once or twice (an FMA or not): the same up to rounding, which
+        # Adam's per-element normalisation magnifies where g and wd*s nearly cancel
+        assert (a - b).abs().gt(1e-6).float().mean() < 1e-3
+        assert (a - c).abs().gt(1e-6).float().mean() > 0.1  # while the decay itself shows
+
+
+def test_weight_decay_is_folded_only_where_it_is_the_same_arithmetic(monkeypatch):
+    import ticketkit.core.sparsity as sparsity_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 20, bias=False), nn.BatchNorm1d(20), nn.Linear(20, 5))
+    sp = attach(model)
+    scores, bn = sp.scores(), list(model[1].parameters())
+    decoupled = torch.optim.AdamW(scores, weight_decay=0.01)
+    mixed = torch.optim.SGD(scores + bn, lr=0.1, weight_decay=0.01)  # BN decays in the optimizer
+    sp.fold_weight_decay([decoupled, mixed])
+    assert decoupled.param_groups[0]["weight_decay"] == 0.01
+    assert mixed.param_groups[0]["weight_decay"] == 0.01
+    assert all(layer.param.decay == 0.0 for layer in sp.layers)
+    monkeypatch.setattr(sparsity_module, "kernels", lambda: None)  # the eager path: no gain
+    sgd = torch.optim.SGD(scores, lr=0.1, weight_decay=0.01)
+    sp.fold_weight_decay([sgd])
+    assert sgd.param_groups[0]["weight_decay"] == 0.01
+
+
+def test_a_folded_decay_survives_a_checkpoint_and_is_given_back_where_it_cannot_fold(
+    monkeypatch,
+):
+    import ticketkit.core.sparsity as sparsity_module
+    from ticketkit.core.kernels import kernels
+
+    if kernels() is None:
+        pytest.skip("no C compiler: nothing is folded")
+    sp, opt, _ = _decayed_steps(True, steps=1, momentum=0.9)
+    saved = opt.state_dict()
+    resumed = torch.optim.SGD(sp.scores(), lr=0.05, momentum=0.9, weight_decay=0.01)
+    sp.fold_weight_decay([resumed])  # as the training loop: fold, load, fold again
+    resumed.load_state_dict(saved)
+    sp.fold_weight_decay([resumed])
+    assert resumed.param_groups[0]["weight_decay"] == 0.0  # not decayed twice
+    assert [layer.param.decay for layer in sp.layers] == [0.01, 0.01]
+    old = torch.optim.SGD(sp.scores(), lr=0.05, momentum=0.9, weight_decay=0.01)
+    unfolded = old.state_dict()  # a checkpoint from before folding existed
+    old.load_state_dict(unfolded)
+    sp.fold_weight_decay([old])
+    assert old.param_groups[0]["weight_decay"] == 0.0
+    assert [layer.param.decay for layer in sp.layers] == [0.01, 0.01]
+    monkeypatch.setattr(sparsity_module, "kernels", lambda: None)  # resumed without a compiler
+    elsewhere = torch.optim.SGD(sp.scores(), lr=0.05, momentum=0.9)
+    elsewhere.load_state_dict(saved)
+    sp.fold_weight_decay([elsewhere])
+    assert elsewhere.param_groups[0]["weight_decay"] == 0.01  # the optimizer decays again
+    assert all(layer.param.decay == 0.0 for layer in sp.layers)

@@ -141,3 +141,41 @@ def test_fit_keeps_freed_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "retain_freed_memory", lambda: calls.append(1))
     jobs.prune(cfg(tmp_path, epochs=1))
     assert calls
+
+
+def _saved_groups(result) -> list[dict]:
+    from safetensors import safe_open
+
+    last = result.path.parent / "checkpoints" / "last.safetensors"
+    with safe_open(str(last), "pt") as f:
+        meta = f.metadata()
+    return [g for key in meta if key.startswith("opt.") for g in json.loads(meta[key])["groups"]]
+
+
+def test_the_training_loop_folds_score_decay_only_for_one_backward_a_step(tmp_path):
+    from ticketkit.core.kernels import kernels
+
+    if kernels() is None:
+        pytest.skip("no C compiler: nothing is folded")
+    biprop = _saved_groups(jobs.prune(cfg(tmp_path / "biprop", epochs=1, weight_decay=1e-3)))
+    assert [g["weight_decay"] for g in biprop] == [0.0]  # in the score gradient instead
+    assert [g["ticketkit_folded_weight_decay"] for g in biprop] == [1e-3]
+    # BiP steps weights and scores in turns (its own train_step): its optimizers keep theirs
+    source = jobs.pretrain(
+        resolve(
+            jobs.configs.PretrainConfig,
+            dict(arch="mlp", dataset="digits", epochs=1, out=str(tmp_path / "dense")),
+        )
+    )
+    bip = jobs.prune(
+        cfg(
+            tmp_path / "bip",
+            method="bip",
+            arch=None,
+            arch_options={},
+            epochs=1,
+            weight_decay=1e-3,
+            input=str(source.path),
+        )
+    )
+    assert not any("ticketkit_folded_weight_decay" in g for g in _saved_groups(bip))

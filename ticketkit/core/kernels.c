@@ -85,16 +85,26 @@ static int64_t topk_finish(const float *restrict s, const float *restrict w, flo
     return keep;
 }
 
-/* out[i] = g[i] * w[i] * sign(s[i]): the straight-through gradient of a top-k mask on |s|.
+/* out[i] = g[i] * w[i] * sign(s[i]) + decay * s[i]: the straight-through gradient of a top-k
+ * mask on |s|, plus the L2 weight decay an optimizer would otherwise add in a pass of its own
+ * over s (this one reads s anyway; decay 0: none, and inf scores stay out of it).
  * Called by every thread of a parallel region (tk_score_grad_rows), each taking its share;
  * `nowait`: the layers are independent, so threads go on to the next without a barrier. */
 CLONES
 static void score_grad(const float *restrict g, const float *restrict w,
-                       const float *restrict s, float *restrict out, int64_t n) {
+                       const float *restrict s, float *restrict out, int64_t n, float decay) {
+    if (decay != 0.f) {
 #pragma omp for simd schedule(static) nowait
-    for (int64_t i = 0; i < n; i++) {
-        float sign = (float)((s[i] > 0.f) - (s[i] < 0.f));
-        out[i] = sign * w[i] * g[i];
+        for (int64_t i = 0; i < n; i++) {
+            float sign = (float)((s[i] > 0.f) - (s[i] < 0.f));
+            out[i] = sign * w[i] * g[i] + decay * s[i];
+        }
+    } else {
+#pragma omp for simd schedule(static) nowait
+        for (int64_t i = 0; i < n; i++) {
+            float sign = (float)((s[i] > 0.f) - (s[i] < 0.f));
+            out[i] = sign * w[i] * g[i];
+        }
     }
 }
 
@@ -259,14 +269,18 @@ static int64_t rows_total(const uint64_t *rows, int64_t layers, int width, int a
 }
 #endif
 
-/* Rows of (g, w, s, out, n): out = g * w * sign(s) per layer, all layers in one parallel
- * region (one fork and join a step, however many layers). */
+/* Rows of (g, w, s, out, n, decay): out = g * w * sign(s) + decay * s per layer (decay: the
+ * bits of a float32), all layers in one parallel region (one fork and join a step, however
+ * many layers). */
 void tk_score_grad_rows(int64_t layers, const uint64_t *rows) {
-#pragma omp parallel if (rows_total(rows, layers, 5, 4) >= PARALLEL)
+#pragma omp parallel if (rows_total(rows, layers, 6, 4) >= PARALLEL)
     for (int64_t l = 0; l < layers; l++) {
-        const uint64_t *r = rows + 5 * l;
+        const uint64_t *r = rows + 6 * l;
+        uint32_t bits = (uint32_t)r[5];
+        float decay;
+        memcpy(&decay, &bits, sizeof decay);
         score_grad(PTR(const float, r[0]), PTR(const float, r[1]), PTR(const float, r[2]),
-                   PTR(float, r[3]), (int64_t)r[4]);
+                   PTR(float, r[3]), (int64_t)r[4], decay);
     }
 }
 

@@ -21,6 +21,7 @@ import os
 import platform
 import shlex
 import shutil
+import struct
 import subprocess
 import tempfile
 from functools import cache
@@ -128,14 +129,20 @@ class Kernels:
         return list(counts), list(ts)
 
     def score_grads(
-        self, gs: list[torch.Tensor], ws: list[torch.Tensor], ss: list[torch.Tensor]
+        self,
+        gs: list[torch.Tensor],
+        ws: list[torch.Tensor],
+        ss: list[torch.Tensor],
+        decays: list[float] | None = None,
     ) -> list[torch.Tensor]:
-        """g * w * sign(s) for every layer in one call (w and s `usable`: the caller checks)."""
+        """g * w * sign(s) + decay * s for every layer in one call (w and s `usable`: the
+        caller checks; `decays` default to 0)."""
         gs = [g.contiguous() for g in gs]
         outs = [torch.empty_like(g) for g in gs]
         rows = []
-        for g, w, s, out in zip(gs, ws, ss, outs, strict=True):
-            rows += (g.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), g.numel())
+        for g, w, s, out, decay in zip(gs, ws, ss, outs, decays or [0.0] * len(gs), strict=True):
+            bits = struct.unpack("<I", struct.pack("<f", decay))[0]  # the float32's bits
+            rows += (g.data_ptr(), w.data_ptr(), s.data_ptr(), out.data_ptr(), g.numel(), bits)
         self._grad(len(outs), _array(rows))
         return outs
 

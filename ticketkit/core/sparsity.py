@@ -23,7 +23,7 @@ gives one selection per training step, for layer-wise and global scope alike, an
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,7 +60,8 @@ class _ScoreSTE(torch.autograd.Function):
     One Python call per forward and one per backward for the whole model, not one per layer:
     per-layer dispatch adds up on small models, where a training step is about a millisecond.
     Gradients: W gets g*m (plain masks; a binary W_eff does not depend on W's values), s gets
-    g*W*relax'(s), and BiP's implicit-gradient term adds -ig*m*g^2 to it.
+    g*W*relax'(s), BiP's implicit-gradient term adds -ig*m*g^2 to it, and a weight decay
+    folded in by `Sparsifier.fold_weight_decay` adds decay*s.
     """
 
     @staticmethod
@@ -99,6 +100,7 @@ class _ScoreSTE(torch.autograd.Function):
                     [grads[i] for i in batch],
                     [saved[i] for i in batch],
                     [saved[n + i] for i in batch],
+                    [params[i].decay for i in batch],
                 )
                 for i, g in zip(batch, gs, strict=True):
                     gss[i] = g
@@ -112,6 +114,8 @@ class _ScoreSTE(torch.autograd.Function):
             for i, g in zip(scored, gs, strict=True):
                 if params[i].ig:
                     g.addcmul_(saved[2 * n + i], grads[i] * grads[i], value=-params[i].ig)
+                if params[i].decay:
+                    g.add_(saved[n + i], alpha=params[i].decay)
                 gss[i] = g
         return (None, None, *gws, *gss)
 
@@ -139,6 +143,7 @@ class MaskedWeight(nn.Module):
         self.relax_grad: Callable[[torch.Tensor], torch.Tensor] = abs_grad
         self.kept: int | None = None  # set by rules that know the kept count exactly
         self.ig = 0.0  # implicit-gradient coefficient (BiP); 0 for plain straight-through
+        self.decay = 0.0  # L2 weight decay of the scores, in their gradient (fold_weight_decay)
         self._cache: tuple[tuple[object, ...], torch.Tensor, torch.Tensor] | None = None
         # scratch space of the weight's shape for mask rules; follows .to(), not saved
         self.register_buffer("scratch", torch.empty_like(weight), persistent=False)
@@ -229,6 +234,16 @@ class Layer:
     @property
     def mask(self) -> torch.Tensor:
         return self.param.mask
+
+    def fused_grad(self) -> bool:
+        """Whether the compiled kernel computes this layer's score gradient (if present)."""
+        p = self.param
+        return (
+            self.scores is not None
+            and p.relax_grad is abs_grad
+            and not p.ig
+            and usable(self.weight, self.scores)
+        )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -373,6 +388,44 @@ class Sparsifier:
         self.refresh(training=False, force=True)
         self.set_rule(Fixed())
 
+    def fold_weight_decay(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
+        """Move the L2 weight decay of score-only parameter groups into the score gradient.
+
+        torch's SGD and Adam add wd * s to the gradient in a pass of their own over s and the
+        gradient, into a new tensor; the compiled score-gradient kernel reads s anyway and adds
+        the same term for nothing (on the mlp, ~6% of a biprop step: benchmarks/RESULTS.md).
+        Folded only where it is the same arithmetic: SGD and Adam (not AdamW, not `maximize`),
+        groups holding nothing but this model's scores, whose gradient the kernel computes
+        (CPU, top-k's straight-through, no implicit-gradient term). The caller
+        promises one backward per optimizer step (a second would add the decay twice).
+
+        A folded group keeps weight_decay 0 and remembers the decay under `_FOLDED`, which its
+        checkpoints carry: call this after loading one (it reads either form, and gives a group
+        its decay back where it can no longer fold, e.g. resumed without a C compiler).
+        """
+        fold = kernels() is not None
+        layers = {id(layer.scores): layer for layer in self.layers if layer.scores is not None}
+        for layer in self.layers:
+            layer.param.decay = 0.0
+        for opt in optimizers:
+            same_arithmetic = type(opt) in (torch.optim.SGD, torch.optim.Adam)
+            for group in opt.param_groups:
+                folded = group.pop(_FOLDED, None)
+                if folded is not None:
+                    group["weight_decay"] = folded  # as configured, then folded again below
+                decay = group.get("weight_decay", 0.0)
+                owners = [layers.get(id(p)) for p in group["params"]]
+                if (
+                    not (fold and same_arithmetic and decay and owners)
+                    or group.get("maximize")
+                    or group.get("decoupled_weight_decay")
+                    or not all(o is not None and o.fused_grad() for o in owners)
+                ):
+                    continue
+                for owner in owners:
+                    owner.param.decay = float(decay)
+                group["weight_decay"], group[_FOLDED] = 0.0, decay
+
     def kept(self) -> dict[str, int]:
         return {layer.path: int(layer.mask.count_nonzero()) for layer in self.layers}
 
@@ -394,6 +447,7 @@ class Sparsifier:
 
 
 _STASH = "_ticketkit_weight"  # a layer's W_eff during a forward of its model, else None
+_FOLDED = "ticketkit_folded_weight_decay"  # a param group's decay, moved into the gradient
 
 
 def _hand_out_stash(module: nn.Module) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketkit.core.data import EVAL_BATCH, Dataset, Loader, Split
+from ticketkit.core.sparsity import sparsifier_of
 from ticketkit.errors import JobError, UsageError
 from ticketkit.plugin import Method
 from ticketkit.registry import get_optimizer
@@ -151,6 +152,9 @@ def fit(
         if restored is not None:
             start, best = restored[0] + 1, restored[1].get("best", best)
             reporter.note(f"resuming {run.root} after epoch {start}")
+    sparsifier = sparsifier_of(model)
+    if sparsifier is not None and type(method).train_step is Method.train_step:
+        sparsifier.fold_weight_decay(optimizers.values())  # one backward a step: safe to fold
     loader = Loader(ds, ds.train, cfg.batch_size, train=True, seed=cfg.seed, device=device)
     record: dict[str, Any] = {}
     for epoch in range(start, cfg.epochs):
