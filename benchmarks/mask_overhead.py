@@ -1,7 +1,9 @@
 """Cost of masking: a biprop training step vs a dense training step, side by side.
 
 Same architecture, batch, data and thread count; the dense step trains the weights with SGD,
-the biprop step trains the scores (top-k selection, binarisation, straight-through backward).
+the biprop step trains the scores (top-k selection, binarisation, straight-through backward),
+both with weight decay 1e-4, which the biprop step folds into its score gradient as
+ticketkit's training loop does (`Sparsifier.fold_weight_decay`).
 Steppers run in alternating rounds, and each ratio is the median over rounds of a step's time
 over the dense step's time in the same round (so machine drift cancels). Also shown: the
 same biprop step on the eager path (`eager`: no compiled kernels, what a machine without a C
