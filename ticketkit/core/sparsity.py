@@ -393,11 +393,13 @@ class Sparsifier:
 
         torch's SGD and Adam add wd * s to the gradient in a pass of their own over s and the
         gradient, into a new tensor; the compiled score-gradient kernel reads s anyway and adds
-        the same term for nothing (on the mlp, ~6% of a biprop step: benchmarks/RESULTS.md).
-        Folded only where it is the same arithmetic: SGD and Adam (not AdamW, not `maximize`),
-        groups holding nothing but this model's scores, whose gradient the kernel computes
-        (CPU, top-k's straight-through, no implicit-gradient term). The caller
-        promises one backward per optimizer step (a second would add the decay twice).
+        the same term for nothing (the mlp's biprop step took 0.953-0.982x as long, measured:
+        benchmarks/RESULTS.md). Folded only where it is the same arithmetic: SGD and Adam (not
+        AdamW, not `maximize`), groups holding nothing but this model's scores, whose gradient
+        the kernel computes (CPU, top-k's straight-through, no implicit-gradient term). Pass
+        every optimizer that trains the model (a layer not folded here gets no decay of its
+        own), and only where one backward runs per optimizer step (a second would add the
+        decay twice).
 
         A folded group keeps weight_decay 0 and remembers the decay under `_FOLDED`, which its
         checkpoints carry: call this after loading one (it reads either form, and gives a group
