@@ -162,3 +162,9 @@ def test_config_that_is_a_directory_and_a_device_that_is_not_there(cli, tmp_path
     assert_usage_error(cli(*args, "--config", tmp_path), "is a directory, not a YAML file")
     assert_usage_error(cli(*args, "--device", "tpu"), "is not a device")
     assert not list(tmp_path.iterdir())  # no run directory for a run that cannot start
+
+
+def test_presets_are_offered_only_where_there_are_some(cli):
+    """Every shipped preset is a prune recipe: pretrain and finetune take no --preset."""
+    for command in ("pretrain", "finetune"):
+        assert_usage_error(cli(command, "--preset", "biprop-mpt-1-32"), "No such option")

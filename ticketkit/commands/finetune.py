@@ -35,7 +35,6 @@ def finetune(
     name: c.Name = None,
     out: c.Out = None,
     config: c.ConfigFile = None,
-    preset: c.Preset = None,
     resume: c.Resume = None,
     force: c.Force = False,
     json_out: c.Json = False,
@@ -47,10 +46,10 @@ def finetune(
     cli = c.config_values(locals(), configs.FinetuneConfig)
     cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
     if resume is not None:
-        cli, config, preset = c.resumed(
-            resume, cli, config, preset, configs.FinetuneConfig, "finetune"
-        )
-    cfg = configs.resolve(configs.FinetuneConfig, cli, config, preset)
+        cli, config, _ = c.resumed(resume, cli, config, None, configs.FinetuneConfig, "finetune")
+    cfg = configs.resolve(
+        configs.FinetuneConfig, cli, config
+    )  # the shipped presets are prune recipes
     if cfg.k is not None:
         configs.check_k(cfg.k)
     cfg.input = c.read_input(ticket, "ticket", cfg.input)

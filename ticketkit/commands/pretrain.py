@@ -41,7 +41,6 @@ def pretrain(
     name: c.Name = None,
     out: c.Out = None,
     config: c.ConfigFile = None,
-    preset: c.Preset = None,
     resume: c.Resume = None,
     force: c.Force = False,
     json_out: c.Json = False,
@@ -57,9 +56,9 @@ def pretrain(
     cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
     cli["arch_options"] = arch_options or None
     if resume is not None:
-        cli, config, preset = c.resumed(
-            resume, cli, config, preset, configs.PretrainConfig, "pretrain"
-        )
-    cfg = configs.resolve(configs.PretrainConfig, cli, config, preset)
+        cli, config, _ = c.resumed(resume, cli, config, None, configs.PretrainConfig, "pretrain")
+    cfg = configs.resolve(
+        configs.PretrainConfig, cli, config
+    )  # the shipped presets are prune recipes
     result = jobs.pretrain(cfg, c.Progress(), force=force)
     c.emit(result.record(), json_out)
