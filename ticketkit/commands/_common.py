@@ -180,8 +180,9 @@ def resumed(
     preset: str | None,
     config_class: type,
     command: str,
-) -> tuple[dict[str, Any], str, None]:
-    """CLI values, config file and preset that continue the run in `resume`.
+) -> tuple[dict[str, Any], str]:
+    """CLI values and config file that continue the run in `resume` (no preset: the saved
+    config is complete).
 
     The run's saved config is its whole config, so any other setting given with --resume would
     be lost without a word: that, and a run of another command, are errors. Only --device may
@@ -212,7 +213,7 @@ def resumed(
             "(only --device may change)"
         )
     continued = {"name": resume.name, "out": str(resume.parent), "device": given.get("device")}
-    return continued, str(saved), None
+    return continued, str(saved)
 
 
 def emit(record: dict[str, Any], as_json: bool) -> None:

@@ -46,7 +46,7 @@ def finetune(
     cli = c.config_values(locals(), configs.FinetuneConfig)
     cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
     if resume is not None:
-        cli, config, _ = c.resumed(resume, cli, config, None, configs.FinetuneConfig, "finetune")
+        cli, config = c.resumed(resume, cli, config, None, configs.FinetuneConfig, "finetune")
     cfg = configs.resolve(
         configs.FinetuneConfig, cli, config
     )  # the shipped presets are prune recipes

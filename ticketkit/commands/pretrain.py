@@ -56,7 +56,7 @@ def pretrain(
     cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
     cli["arch_options"] = arch_options or None
     if resume is not None:
-        cli, config, _ = c.resumed(resume, cli, config, None, configs.PretrainConfig, "pretrain")
+        cli, config = c.resumed(resume, cli, config, None, configs.PretrainConfig, "pretrain")
     cfg = configs.resolve(
         configs.PretrainConfig, cli, config
     )  # the shipped presets are prune recipes

@@ -108,7 +108,8 @@ def prune(
     cli["options"] = parse_assignments(option, "--option") or None
     cli["arch_options"] = arch_options or None
     if resume is not None:
-        cli, config, preset = c.resumed(resume, cli, config, preset, configs.PruneConfig, "prune")
+        cli, config = c.resumed(resume, cli, config, preset, configs.PruneConfig, "prune")
+        preset = None
     cfg = configs.resolve(configs.PruneConfig, cli, config, preset, registry.method_defaults)
     if registry.get_method(cfg.method).load().source == "checkpoint":  # type: ignore[arg-type]
         cfg.input = c.read_input(checkpoint, "dense checkpoint", cfg.input)

@@ -92,9 +92,9 @@ class _ScoreSTE(torch.autograd.Function):
             if need[i] and not p.binary:
                 gws[i] = grads[i] * saved[2 * n + i]
         scored = [i for i in range(n) if need[n + i]]
-        fused = kernels() if scored and params[scored[0]].relax_grad is abs_grad else None
+        fused = kernels() if scored else None
         if fused is not None:  # g*W*sign(s) in one pass per layer, one call for all
-            batch = [i for i in scored if not params[i].ig and usable(saved[i], saved[n + i])]
+            batch = [i for i in scored if params[i].kernel_grad(saved[i], saved[n + i])]
             if batch:
                 gs = fused.score_grads(
                     [grads[i] for i in batch],
@@ -158,6 +158,11 @@ class MaskedWeight(nn.Module):
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, torch.sign(w.detach()), w.detach().abs())
         return self._cache[1], self._cache[2]
+
+    def kernel_grad(self, w: torch.Tensor, s: torch.Tensor) -> bool:
+        """Whether the compiled kernel computes this layer's score gradient (if it is there):
+        top-k's straight-through, no implicit-gradient term, tensors it can take."""
+        return self.relax_grad is abs_grad and not self.ig and usable(w, s)
 
     def effective(self, w: torch.Tensor) -> torch.Tensor:
         """W_eff = W * m, or alpha * sign(W) * m for binary layers (no autograd of its own)."""
@@ -234,16 +239,6 @@ class Layer:
     @property
     def mask(self) -> torch.Tensor:
         return self.param.mask
-
-    def fused_grad(self) -> bool:
-        """Whether the compiled kernel computes this layer's score gradient (if present)."""
-        p = self.param
-        return (
-            self.scores is not None
-            and p.relax_grad is abs_grad
-            and not p.ig
-            and usable(self.weight, self.scores)
-        )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -421,7 +416,7 @@ class Sparsifier:
                     not (fold and same_arithmetic and decay and owners)
                     or group.get("maximize")
                     or group.get("decoupled_weight_decay")
-                    or not all(o is not None and o.fused_grad() for o in owners)
+                    or not all(o and o.param.kernel_grad(o.weight, o.scores) for o in owners)
                 ):
                     continue
                 for owner in owners:
