@@ -179,6 +179,10 @@ class DatasetSource:
     std: ClassVar[tuple[float, ...]] = (0.5,)
     augment: ClassVar[str] = "none"  # "none" | "crop-flip"
     needs_files: ClassVar[bool] = True
+    # For the error a user sees when the files are missing: what `--data DIR` must hold, and
+    # the Debian/Ubuntu package that installs them under /usr/share/datasets/<name>, if any.
+    files: ClassVar[str] = ""
+    system_package: ClassVar[str | None] = None
 
     def read(self, root: Path) -> tuple[Split, Split] | None:
         """(train, test) if the files are under `root`, else None."""

@@ -40,7 +40,7 @@ def test_finetune_keeps_the_mask_and_changes_the_kept_weights(cli, pretrained_di
     assert ev["metrics"] == ev["recorded"]
 
 
-def test_wrong_artifact_kinds_and_mismatches(cli, pretrained_digits_mlp, tmp_path):
+def test_wrong_artifact_kinds_and_mismatches(cli, pretrained_digits_mlp, tmp_path, fashion):
     pruned = cli(
         "prune", pretrained_digits_mlp, "--method", "magnitude", "--k", "0.5", "--out", tmp_path
     ).out.strip()

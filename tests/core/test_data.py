@@ -50,3 +50,20 @@ def test_crop_flip_keeps_shape_and_content():
     images = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
     out = crop_flip(images, torch.Generator().manual_seed(0), pad=2)
     assert out.shape == images.shape and out.dtype == torch.uint8
+
+
+def test_missing_data_names_the_package_and_the_files(cli, tmp_path, monkeypatch):
+    import shutil
+
+    from ticketkit.core import data
+
+    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "none")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TICKETKIT_OFFLINE", "1")
+    monkeypatch.delenv("TICKETKIT_DATA", raising=False)
+    r = cli(*"prune --method biprop --arch conv4 --k 0.2 --dataset fashion-mnist".split())
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "t10k-labels-idx1-ubyte.gz" in r.err and "--data DIR" in r.err
+    if shutil.which("apt-get"):
+        assert "apt-get install dataset-fashion-mnist" in r.err
+    assert not (tmp_path / "runs").exists()

@@ -2,18 +2,15 @@
 
 import gzip
 import shutil
-from pathlib import Path
 
 import pytest
 
 from ticketkit.errors import UsageError
 from ticketkit.plugins.datasets.vision import read_idx
 
-FASHION = "/usr/share/datasets/fashion-mnist"
 
-
-def test_a_real_file_reads():
-    labels = read_idx(Path(FASHION) / "t10k-labels-idx1-ubyte.gz")
+def test_a_real_file_reads(fashion):
+    labels = read_idx(fashion / "t10k-labels-idx1-ubyte.gz")
     assert labels.shape == (10000,) and int(labels.max()) == 9
 
 
@@ -25,17 +22,17 @@ def test_a_real_file_reads():
         (lambda b: b"\x00\x00\x08\x01" + b[8:], "truncated?"),  # a size field gone
     ],
 )
-def test_damaged_files_are_usage_errors(tmp_path, damage, why):
-    good = gzip.decompress((Path(FASHION) / "t10k-labels-idx1-ubyte.gz").read_bytes())
+def test_damaged_files_are_usage_errors(tmp_path, damage, why, fashion):
+    good = gzip.decompress((fashion / "t10k-labels-idx1-ubyte.gz").read_bytes())
     path = tmp_path / "t10k-labels-idx1-ubyte"
     path.write_bytes(damage(good))
     with pytest.raises(UsageError, match=f"{path} is not a readable idx file.*{why}"):
         read_idx(path)
 
 
-def test_a_truncated_gzip_is_a_usage_error(tmp_path, cli):
+def test_a_truncated_gzip_is_a_usage_error(tmp_path, cli, fashion):
     data = tmp_path / "data"
-    shutil.copytree(FASHION, data)
+    shutil.copytree(fashion, data)
     gz = data / "t10k-images-idx3-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:1000])
     r = cli(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,7 +142,7 @@ def _download(source: DatasetSource, target: Path, looked: list[Path]) -> tuple[
     if offline():
         raise UsageError(
             f"dataset '{source.name}' not found (looked in {where}) and TICKETKIT_OFFLINE is set; "
-            f"put the files in one of those places or pass --data DIR"
+            + how_to_get(source)
         )
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -153,11 +154,22 @@ def _download(source: DatasetSource, target: Path, looked: list[Path]) -> tuple[
         raise UsageError(
             f"dataset '{source.name}' not found (looked in {where}) and the download failed "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
-            f"are you offline? put the files in one of those places or pass --data DIR"
+            + how_to_get(source)
         ) from None
     if splits is None:
         raise UsageError(f"dataset '{source.name}': downloaded files in {target} are unreadable")
     return splits
+
+
+def how_to_get(source: DatasetSource) -> str:
+    """The exact fix for missing files: the system package where apt-get exists (it installs
+    them where ticketkit looks with no flag), the layout `--data DIR` expects, the download."""
+    ways = []
+    if source.system_package and shutil.which("apt-get"):
+        ways.append(f"install them with `apt-get install {source.system_package}` (as root)")
+    ways.append(f"pass --data DIR where DIR holds {source.files or 'its files'}")
+    fix = "; or ".join(ways)
+    return f"to fix: {fix}; with network access they are downloaded into {cache_dir()}"
 
 
 def take_subset(split: Split, n: int) -> Split:

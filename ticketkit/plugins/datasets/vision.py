@@ -52,6 +52,10 @@ class IdxSource(DatasetSource):
     """MNIST and Fashion-MNIST: 28x28 grey images, 10 classes, no augmentation."""
 
     torchvision_name: ClassVar[str] = ""
+    files = (
+        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
+        "and t10k-labels-idx1-ubyte.gz, gzipped or not, directly or in DIR/raw"
+    )
 
     def _find(self, root: Path, stem: str) -> Path | None:
         for folder in (root, root / "raw", root / self.torchvision_name / "raw"):
@@ -81,6 +85,7 @@ class IdxSource(DatasetSource):
 class FashionMNIST(IdxSource):
     name = "fashion-mnist"
     torchvision_name = "FashionMNIST"
+    system_package = "dataset-fashion-mnist"
     mean = (0.2860,)
     std = (0.3530,)
 
@@ -100,6 +105,7 @@ class CIFAR10(DatasetSource):
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
     augment = "crop-flip"
+    files = "torchvision's extracted cifar-10-batches-py/ folder (data_batch_1..5, test_batch)"
 
     def read(self, root: Path):
         import torch
@@ -128,6 +134,7 @@ class CIFAR100(CIFAR10):
     name = "cifar100"
     torchvision_name = "CIFAR100"
     classes = 100
+    files = "torchvision's extracted cifar-100-python/ folder (train, test, meta)"
     mean = (0.5071, 0.4866, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
 
