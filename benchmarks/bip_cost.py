@@ -14,7 +14,7 @@ import torch
 
 from ticketkit.core.data import InputSpec
 from ticketkit.core.model import build_model
-from ticketkit.core.train import make_optimizer_factory
+from ticketkit.core.train import OptimizerFactory
 from ticketkit.plugin import Method, Setup
 from ticketkit.plugins.methods.bip import BiP, BiPOptions
 
@@ -24,7 +24,7 @@ class Runner:
 
     def __init__(self, model, method, batches):
         self.model, self.method, self.batches = model.train(), method, batches
-        self.optimizers = method.optimizers(model, make_optimizer_factory(_Cfg()))
+        self.optimizers = method.optimizers(model, OptimizerFactory(_Cfg()))
 
     def __call__(self, steps: int) -> float:
         began = time.perf_counter()
@@ -36,6 +36,7 @@ class Runner:
 
 class _Cfg:
     optimizer, optimizer_options, lr, momentum, weight_decay = "sgd", {}, 0.1, 0.9, 1e-4
+    role_optimizers: dict = {}
 
 
 def main() -> None:

@@ -7,8 +7,9 @@ on first use.
     model = load_ticket("runs/.../ticket.safetensors")   # a ready nn.Module
 
 Plugin authors need `hookimpl`, the spec classes, the base classes in `ticketkit.plugin`
-(`Method`, `ScoreMethod`, `DatasetSource`) and, for new mask families, `MaskRule`, `TopK`,
-`Layer`, `Selector` and `kept_count`. These names are the stable plugin API.
+(`Method`, `ScoreMethod`, `WeightMethod`, `DatasetSource`, `Setup`, `Stage`, `Context`), the
+mask API in `ticketkit.masks` and, for new mask families, `MaskRule`, `TopK`, `Layer`,
+`Selector` and `kept_count`. docs/plugins.md lists every one: they are the stable plugin API.
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ _LAZY = {
     "load_ticket": "ticketkit.core.ticket",
     "save_ticket": "ticketkit.core.ticket",
     "Ticket": "ticketkit.core.ticket",
+    "InputSpec": "ticketkit.core.data",
     "Method": "ticketkit.plugin",
     "ScoreMethod": "ticketkit.plugin",
+    "WeightMethod": "ticketkit.plugin",
     "Setup": "ticketkit.plugin",
+    "Stage": "ticketkit.plugin",
+    "Context": "ticketkit.plugin",
     "DatasetSource": "ticketkit.plugin",
+    "attach_masks": "ticketkit.masks",
+    "masked_layers": "ticketkit.masks",
+    "clear_optimizer_state": "ticketkit.masks",
     "MaskRule": "ticketkit.core.rules",
     "TopK": "ticketkit.core.rules",
     "Layer": "ticketkit.core.sparsity",
@@ -63,3 +71,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ticketkit' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    """The public names, the lazy ones included (`dir(ticketkit)`, tab completion)."""
+    return sorted({*globals(), *__all__})

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from ticketkit.commands import eval as eval_cmd
-from ticketkit.commands import finetune, plugins, pretrain, prune
+from ticketkit.commands import finetune, plugins, pretrain, prune, runs
 
 app = typer.Typer(
     name="ticketkit",
@@ -27,6 +27,24 @@ app.command("prune")(prune.prune)
 app.command("finetune")(finetune.finetune)
 app.command("eval")(eval_cmd.eval_)
 app.add_typer(plugins.app, name="plugins")
+app.command("runs")(runs.runs)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"ticketkit {version('ticketkit')}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version"
+    ),
+) -> None:
+    """Options of `ticketkit` itself (the app's help text is the Typer's, above)."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,8 +73,17 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if os.environ.get("TICKETKIT_DEBUG"):
             raise
+        from ticketkit.registry import plugin_of_traceback
+
+        # raised in a third-party plugin's code: name it, so the report goes to its authors
+        owner = plugin_of_traceback(exc.__traceback__)
+        what = (
+            f"plugin '{owner.plugin}' (distribution {owner.distribution} {owner.version}) failed"
+            if owner is not None
+            else "internal error"
+        )
         console.print(
-            f"Error: internal error: {type(exc).__name__}: {exc} "
+            f"Error: {what}: {type(exc).__name__}: {exc} "
             "(rerun with TICKETKIT_DEBUG=1 for the traceback)",
             markup=False,
             soft_wrap=True,

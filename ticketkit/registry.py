@@ -1,15 +1,23 @@
 """The plugin registry: loads every `ticketkit` entry point, one at a time, and answers lookups.
 
 Loading is lazy (first lookup) and isolated: a plugin that fails to import or to register is
-reported once on stderr with its distribution name, and everything else keeps working.
-`TICKETKIT_STRICT_PLUGINS=1` re-raises instead; `TICKETKIT_DISABLE_PLUGINS=a,b` skips entry
-points by name or by distribution.
+reported once on stderr with its distribution name, and everything else keeps working. So is a
+hook function pluggy would never call (a misspelled hook name, or a `ticketkit_*` function
+without `@hookimpl`): without the warning, the plugin's names are just missing.
+`TICKETKIT_STRICT_PLUGINS=1` re-raises instead (a hook problem is then a UsageError);
+`TICKETKIT_DISABLE_PLUGINS=a,b` skips entry points by name or by distribution.
+
+The registry also remembers which modules each third-party plugin's code lives in, so the CLI
+can name the plugin (`plugin_of_traceback`) when an exception escapes from it at run time.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import traceback
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -18,7 +26,7 @@ from typing import Any
 import pluggy
 
 from ticketkit import hookspecs
-from ticketkit.errors import UsageError, unknown
+from ticketkit.errors import UsageError, did_you_mean, unknown
 from ticketkit.specs import (
     SPEC_TYPES,
     ArchSpec,
@@ -31,6 +39,18 @@ from ticketkit.specs import (
 
 GROUP = "ticketkit"
 KINDS = tuple(SPEC_TYPES)  # methods, archs, datasets, optimizers, initializers
+_SPEC_MARK = f"{hookspecs.hookspec.project_name}_spec"  # the attribute @hookspec sets
+HOOKS = tuple(name for name, f in vars(hookspecs).items() if hasattr(f, _SPEC_MARK))
+BUILTIN = "ticketkit"  # the distribution (and package) of the built-in plugins
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A loaded plugin, as error messages name it: entry-point name and distribution."""
+
+    plugin: str
+    distribution: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,7 @@ class Registry:
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] | None = None
         self.failures: list[str] = []
+        self._owners: dict[str, Owner] = {}  # module name -> the third-party plugin it is part of
         self.pm = pluggy.PluginManager("ticketkit")
         self.pm.add_hookspecs(hookspecs)
 
@@ -79,6 +100,8 @@ class Registry:
             version = ep.dist.version if ep.dist else "?"
             if ep.name in disabled or dist in disabled:
                 continue
+            owner = Owner(ep.name, dist, version)
+            self._claim(ep.module, owner)  # before the import: it may raise from the module
             try:
                 module = ep.load()
                 if self.pm.is_registered(module):
@@ -87,7 +110,59 @@ class Registry:
             except Exception as exc:  # a broken plugin must not break the others
                 self._fail(ep.name, f"{dist} {version}", exc)
                 continue
+            self._check_hooks(module, owner)
             self._register_from(module, ep.name, dist, version)
+
+    def _check_hooks(self, module: Any, owner: Owner) -> None:
+        """Report hook functions that pluggy will never call: a `@hookimpl` whose name is no
+        hookspec (pluggy registers it under a hook nothing calls), and a `ticketkit_*` function
+        of the module without `@hookimpl` (pluggy skips it). Either way the plugin's names are
+        silently missing; this says which function, and the hook it probably meant."""
+        callers = self.pm.get_hookcallers(module) or []
+        mine = [(c, i) for c in callers for i in c.get_hookimpls() if i.plugin is module]
+        problems = [
+            f"'{c.name}' is not a ticketkit hook, so it is never called{_nearest(c.name)}"
+            for c, impl in mine
+            if not c.has_spec() and not impl.optionalhook
+        ]
+        hooked = {id(impl.function) for _, impl in mine}  # `specname=` may rename a function
+        if isinstance(module, types.ModuleType):
+            for name, obj in vars(module).items():
+                if not name.startswith("ticketkit_") or not inspect.isfunction(obj):
+                    continue
+                if obj.__module__ != module.__name__ or id(obj) in hooked:
+                    continue  # imported from elsewhere, or registered
+                if name in HOOKS:
+                    problems.append(f"'{name}' lacks @hookimpl, so it is never called")
+                else:
+                    problems.append(
+                        f"'{name}' lacks @hookimpl and is not a ticketkit hook, so it is never "
+                        f"called{_nearest(name)}"
+                    )
+        for problem in problems:
+            where = f"plugin '{owner.plugin}' from {owner.distribution} {owner.version}"
+            if self._strict():
+                raise UsageError(f"{where}: {problem} (TICKETKIT_STRICT_PLUGINS is set)")
+            line = f"warning: {where}: {problem}"
+            self.failures.append(line)
+            print(line, file=sys.stderr)
+
+    def _claim(self, module: str, owner: Owner) -> None:
+        """Record that code in `module` (and its submodules) is `owner`'s. Built-in plugins are
+        ticketkit's own code: an exception there stays an internal error."""
+        if owner.distribution != BUILTIN and module and module not in self._owners:
+            self._owners[module] = owner
+
+    def owner_of(self, module: str) -> Owner | None:
+        """The third-party plugin whose code `module` is (the nearest claimed package)."""
+        if module == BUILTIN or module.startswith(BUILTIN + "."):
+            return None
+        name = module
+        while name:
+            if name in self._owners:
+                return self._owners[name]
+            name = name.rpartition(".")[0]
+        return None
 
     def _register_from(self, module: Any, plugin: str, dist: str, version: str) -> None:
         """Call the module's registration hooks, keeping what succeeded if one fails."""
@@ -109,8 +184,23 @@ class Registry:
                     impl.function(register=register)
                     for entry in staged:
                         self._add(entry)
+                        self._claim_factory(entry, module)
                 except Exception as exc:
                     self._fail(plugin, f"{dist} {version}", exc)
+
+    def _claim_factory(self, entry: Entry, module: Any) -> None:
+        """A factory in another module of the plugin's package (`my_pkg.impl:Mine` registered
+        by `my_pkg.register`) is the plugin's code too. One outside that package (a plugin that
+        registers `torch.optim:SGD`) is not: its frames would blame the plugin for any failure
+        in that library."""
+        factory = entry.spec.factory
+        if isinstance(factory, str):
+            name = factory.partition(":")[0]
+        else:
+            name = getattr(factory, "__module__", None) or ""
+        home = getattr(module, "__name__", "")
+        if name and home and name.partition(".")[0] == home.partition(".")[0]:
+            self._claim(name, Owner(entry.plugin, entry.distribution, entry.version))
 
     def _add(self, entry: Entry) -> None:
         assert self._entries is not None
@@ -155,9 +245,29 @@ def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, str]:
     return (0 if ep.dist and ep.dist.name == "ticketkit" else 1, ep.name)
 
 
+def _nearest(name: str) -> str:
+    """The hook `name` probably meant, as did_you_mean says it; the list if none is close."""
+    return did_you_mean(name, HOOKS) or f" (the hooks are {', '.join(HOOKS)})"
+
+
 def registry() -> Registry:
     """The process-wide registry."""
     return _registry
+
+
+def plugin_of_traceback(tb: types.TracebackType | None) -> Owner | None:
+    """The third-party plugin in whose code an exception was raised, or None.
+
+    The innermost frame of `tb` whose module a loaded plugin owns (its entry point's module and
+    package, and its factories' modules in that package): a plugin calling into torch that
+    fails there is still that plugin's failure. Frames in ticketkit, built-in plugins
+    included, own nothing. Nothing is loaded here; a registry never loaded owns no modules.
+    """
+    for frame, _ in reversed(list(traceback.walk_tb(tb))):
+        owner = _registry.owner_of(str(frame.f_globals.get("__name__", "")))
+        if owner is not None:
+            return owner
+    return None
 
 
 def get_method(name: str) -> MethodSpec:

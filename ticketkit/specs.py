@@ -57,9 +57,15 @@ class Spec:
         return parse_options(self.options, values or {}, f"{self.kind[:-1]} '{self.name}'")
 
 
+# The commands a method can run under, by `MethodSpec.phase`: only those this version's CLI has,
+# so a method for a command still to come is refused when it registers rather than listed and
+# then unusable. A new method-running command (rewire, find-ticket) adds its phase here.
+PHASES: tuple[str, ...] = ("prune",)
+
+
 @dataclass(frozen=True)
 class MethodSpec(Spec):
-    """A pruning method. `phase` is the command that runs it (prune, rewire, find-ticket, ...).
+    """A pruning method. `phase` is the command that runs it: one of `PHASES`.
 
     `defaults` are the training settings the method needs where the shared defaults would not
     train it (the supermask's lr 100), keyed as the command's config keys. They sit under
@@ -69,6 +75,16 @@ class MethodSpec(Spec):
     phase: str = "prune"
     defaults: Mapping[str, Any] = field(default_factory=dict, hash=False)
     kind: typing.ClassVar[str] = "methods"
+
+    def __post_init__(self) -> None:
+        # Checked here, when the plugin's hook builds the spec, so the registry reports it as
+        # that plugin failing to register; found later, `require_phase` could only say that
+        # the method runs under a command that does not exist.
+        if self.phase not in PHASES:
+            raise ValueError(
+                f"method '{self.name}': phase '{self.phase}' has no command in this version of "
+                f"ticketkit; valid phases: {', '.join(PHASES)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,8 +107,11 @@ class DatasetSpec(Spec):
 
 @dataclass(frozen=True)
 class OptimizerSpec(Spec):
-    """An optimizer: `factory(param_groups, lr, momentum, weight_decay, **options)`."""
+    """An optimizer: `factory(param_groups, lr, momentum, weight_decay, **options)`, returning a
+    `torch.optim.Optimizer`. `roles` are the parameter roles it trains (`ticketkit.plugin.ROLES`;
+    empty: all); the others go to SGD with the same settings (Bop takes only "weights")."""
 
+    roles: tuple[str, ...] = ()
     kind: typing.ClassVar[str] = "optimizers"
 
 

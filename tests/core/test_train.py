@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ticketkit.core import jobs, train
 from ticketkit.core.config import PruneConfig, resolve
@@ -179,3 +180,55 @@ def test_the_training_loop_folds_score_decay_only_for_one_backward_a_step(tmp_pa
         )
     )
     assert not any("ticketkit_folded_weight_decay" in g for g in _saved_groups(bip))
+
+
+def test_roles_go_to_the_optimizer_that_takes_them(tmp_path):
+    from dataclasses import replace
+
+    from ticketkit import InputSpec, build_model
+    from ticketkit.plugin import Setup, WeightMethod
+
+    method = WeightMethod(None, Setup(k=1.0))
+    model = build_model("conv2", InputSpec(1, 8, 8, 10))
+    method.prepare(model)
+    roles = method.param_roles(model)
+    assert set(roles) == {"weights", "other"}  # conv2: biases are "other", no BN by default
+    make = train.OptimizerFactory(cfg(tmp_path, optimizer="adam"))
+    make.spec = replace(make.spec, roles=("weights",))
+    opts = make.by_role(roles)
+    assert isinstance(opts["main"], torch.optim.Adam) and isinstance(opts["sgd"], torch.optim.SGD)
+    assert [g["role"] for g in opts["main"].param_groups] == ["weights"]
+    assert [g["role"] for g in opts["sgd"].param_groups] == ["other"]
+    make = train.OptimizerFactory(cfg(tmp_path, role_optimizers={"other": "adamw"}))
+    opts = make.by_role(roles)
+    assert [g["role"] for g in opts["main"].param_groups] == ["weights"]
+    assert isinstance(opts["adamw"], torch.optim.AdamW)
+
+
+def test_role_optimizers_are_checked_before_any_work(tmp_path, cli):
+    r = cli(
+        *"prune --method edgepopup --arch mlp --k 0.5 --dataset digits --epochs 1".split(),
+        *("--role-optimizer", "norm=adam", "--out", tmp_path),
+    )
+    assert r.code == 2 and "unknown role 'norm'; did you mean 'norms'?" in r.err, r.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_torch_optimizers_are_accepted(tmp_path):
+    from dataclasses import replace
+
+    from ticketkit.errors import UsageError
+
+    make = train.OptimizerFactory(cfg(tmp_path))
+    make.spec = replace(make.spec, factory=lambda groups, **kw: object())
+    with pytest.raises(UsageError, match="not a torch.optim.Optimizer"):
+        make([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
+
+
+def test_an_optimizer_that_refuses_its_settings_leaves_no_run_directory(tmp_path, cli):
+    r = cli(
+        *"prune --method edgepopup --arch mlp --k 0.5 --dataset digits --epochs 1".split(),
+        *("--optimizer", "adam", "-O", "eps=-1", "--out", tmp_path),
+    )
+    assert r.code == 2 and "optimizer 'adam' refused its settings" in r.err, r.err
+    assert list(tmp_path.iterdir()) == []

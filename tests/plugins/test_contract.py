@@ -69,35 +69,12 @@ def test_arch_masked_forward_backward_and_ticket_round_trip(arch, tmp_path):
 
 @pytest.mark.parametrize("method", names("methods"))
 def test_method_finds_a_ticket_on_real_data(method, tmp_path, pretrained_digits_mlp):
-    from ticketkit.core import jobs
-    from ticketkit.core.config import PruneConfig, resolve
     from ticketkit.registry import get_method
+    from ticketkit.testing import check_finds_ticket
 
-    spec = get_method(method)
-    assert spec.phase == "prune"
-    from_checkpoint = spec.load().source == "checkpoint"
-    cfg = resolve(
-        PruneConfig,
-        {
-            "method": method,
-            "k": 0.3,
-            "dataset": "digits",
-            "epochs": 1,
-            "batch_size": 64,
-            "out": str(tmp_path),
-            **({"input": str(pretrained_digits_mlp)} if from_checkpoint else {"arch": "mlp"}),
-        },
-    )
-    result = jobs.prune(cfg)
-    ticket = Ticket.read(result.path)
-    layers = ticket.meta["layers"].values()
-    kept = [(info["kept"], math.prod(info["shape"])) for info in layers]
-    if ticket.meta["scope"] == "global":
-        total = sum(n for _, n in kept)
-        assert sum(k for k, _ in kept) == total - math.floor((1 - 0.3) * total)
-    else:
-        assert all(k == n - math.floor((1 - 0.3) * n) for k, n in kept)
-    assert 0 <= result.metrics["test_acc1"] <= 100
+    assert get_method(method).phase == "prune"
+    from_checkpoint = get_method(method).load().source == "checkpoint"
+    check_finds_ticket(method, tmp_path, pretrained_digits_mlp if from_checkpoint else None)
 
 
 @pytest.mark.parametrize("optimizer", names("optimizers"))

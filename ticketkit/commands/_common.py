@@ -151,6 +151,14 @@ OptimizerOptions = Annotated[
         help="optimizer option name=value, e.g. -O nesterov=true (`ticketkit plugins show sgd`)",
     ),
 ]
+RoleOptimizers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--role-optimizer",
+        help="send a parameter role to its own optimizer, ROLE=NAME, e.g. --role-optimizer "
+        "norms=adam (roles: weights, binary_weights, scores, norms, other)",
+    ),
+]
 Input = Annotated[
     str | None,
     typer.Argument(
@@ -199,6 +207,7 @@ def resumed(
     if not keys <= {f.name for f in dataclasses.fields(config_class)}:
         raise UsageError(f"--resume {resume}: not a `ticketkit {command}` run")
     flags = {"options": "--option", "optimizer_options": "--optimizer-option"}
+    flags["role_optimizers"] = "--role-optimizer"
     flags["arch_options"] = "--arch-option/--width/--binary-act"
     extra = [
         flags.get(k, f"--{k.replace('_', '-')}")

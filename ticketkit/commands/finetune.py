@@ -22,6 +22,7 @@ def finetune(
     batch_size: c.BatchSize = None,
     optimizer: c.Optimizer = None,
     optimizer_option: c.OptimizerOptions = None,
+    role_optimizer: c.RoleOptimizers = None,
     lr: Annotated[float | None, typer.Option("--lr", help="learning rate (default: 0.01)")] = None,
     momentum: c.Momentum = None,
     weight_decay: c.WeightDecay = None,
@@ -45,6 +46,7 @@ def finetune(
 
     cli = c.config_values(locals(), configs.FinetuneConfig)
     cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
+    cli["role_optimizers"] = parse_assignments(role_optimizer, "--role-optimizer") or None
     if resume is not None:
         cli, config = c.resumed(resume, cli, config, None, configs.FinetuneConfig, "finetune")
     cfg = configs.resolve(

@@ -28,6 +28,7 @@ def pretrain(
     batch_size: c.BatchSize = None,
     optimizer: c.Optimizer = None,
     optimizer_option: c.OptimizerOptions = None,
+    role_optimizer: c.RoleOptimizers = None,
     lr: c.Lr = None,
     momentum: c.Momentum = None,
     weight_decay: c.WeightDecay = None,
@@ -54,6 +55,7 @@ def pretrain(
         arch_options["width"] = width
     cli = c.config_values(locals(), configs.PretrainConfig)
     cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
+    cli["role_optimizers"] = parse_assignments(role_optimizer, "--role-optimizer") or None
     cli["arch_options"] = arch_options or None
     if resume is not None:
         cli, config = c.resumed(resume, cli, config, None, configs.PretrainConfig, "pretrain")

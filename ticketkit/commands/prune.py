@@ -72,6 +72,7 @@ def prune(
     batch_size: c.BatchSize = None,
     optimizer: c.Optimizer = None,
     optimizer_option: c.OptimizerOptions = None,
+    role_optimizer: c.RoleOptimizers = None,
     lr: c.Lr = None,
     momentum: c.Momentum = None,
     weight_decay: c.WeightDecay = None,
@@ -105,6 +106,7 @@ def prune(
     )
     cli = c.config_values(locals(), configs.PruneConfig)
     cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
+    cli["role_optimizers"] = parse_assignments(role_optimizer, "--role-optimizer") or None
     cli["options"] = parse_assignments(option, "--option") or None
     cli["arch_options"] = arch_options or None
     if resume is not None:

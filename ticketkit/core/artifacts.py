@@ -26,7 +26,16 @@ from ticketkit.core.data import InputSpec
 from ticketkit.core.runs import atomic_write
 from ticketkit.errors import UsageError
 
-JSON_KEYS = ("arch_kwargs", "input", "method_options", "init", "metrics", "layers", "config")
+JSON_KEYS = (
+    "arch_kwargs",
+    "input",
+    "method_options",
+    "init",
+    "metrics",
+    "layers",
+    "config",
+    "stopped",
+)
 KINDS = {"ticketkit.ticket/1": "ticket", "ticketkit.checkpoint/1": "dense checkpoint"}
 
 

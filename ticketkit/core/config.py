@@ -35,6 +35,7 @@ class TrainConfig:
     batch_size: int = 128
     optimizer: str = "sgd"
     optimizer_options: dict = field(default_factory=dict)
+    role_optimizers: dict = field(default_factory=dict)  # role -> optimizer name
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -73,6 +74,15 @@ class TrainConfig:
         # before any work (a run directory, the dataset): the device, the optimizer's options
         resolve_device(self.device)
         get_optimizer(self.optimizer).make_options(self.optimizer_options)
+        from ticketkit.plugin import ROLES
+
+        for role, name in self.role_optimizers.items():
+            if role not in ROLES:
+                raise UsageError(
+                    f"--role-optimizer: unknown role '{role}'{did_you_mean(role, ROLES)} "
+                    f"(roles: {', '.join(ROLES)})"
+                )
+            get_optimizer(str(name))
         if self.lr_gamma <= 0:
             raise UsageError(f"--lr-gamma must be positive, got {self.lr_gamma}")
         if any(step < 0 for step in self.lr_steps):

@@ -20,13 +20,21 @@ from ticketkit.core import config as configs
 from ticketkit.core.artifacts import Bundle, Checkpoint
 from ticketkit.core.data import Dataset, load_dataset, load_for
 from ticketkit.core.model import arch_options, build_model, init_weights
-from ticketkit.core.rules import Fixed
 from ticketkit.core.runs import Run
-from ticketkit.core.sparsity import Sparsifier, prunable_layers
+from ticketkit.core.sparsity import prunable_layers, sparsifier_of
 from ticketkit.core.ticket import Ticket
-from ticketkit.core.train import Reporter, Silent, evaluate, fit, resolve_device
+from ticketkit.core.train import (
+    OptimizerFactory,
+    Reporter,
+    Silent,
+    bind,
+    evaluate,
+    fit,
+    resolve_device,
+)
 from ticketkit.errors import UsageError
-from ticketkit.plugin import Method, Setup, norm_parameters
+from ticketkit.masks import masked_layers
+from ticketkit.plugin import Method, Setup, Stage, WeightMethod, norm_parameters
 from ticketkit.registry import get_initializer, get_method, require_phase
 
 
@@ -78,34 +86,26 @@ def _claim(run: Run, config: str, force: bool) -> None:
     """Take the run directory, once the model is built: a run that fails to set up (a width
     that leaves no channels, an option the method refuses) leaves no directory behind."""
     run.claim(config, force)
-    if force:
-        for stale in run.checkpoints.glob("*.safetensors"):
+    if force:  # every stage's checkpoints and artifacts too
+        for stale in (*run.checkpoints.rglob("*.safetensors"), *run.root.glob("stages/*/*")):
             stale.unlink()
 
 
 def _finish(
     bundle: Bundle, ds: Dataset, cfg: Any, run: Run, reporter: Reporter, artifact: str, row: dict
 ) -> Path:
-    """Measure the artifact as rebuilt from itself, save it, log it, add a results row."""
+    """Measure the artifact as rebuilt from itself, save it, log it, add a results row (`row`:
+    what only the caller knows, i.e. `command`; the rest comes from the config and the artifact)."""
+    from ticketkit.core.results import result_row
+
     device = resolve_device(cfg.device)
     reporter.note("evaluating the artifact as saved")
     metrics = evaluate(bundle.build(device), ds, device)  # type: ignore[attr-defined]
     bundle.meta["metrics"] = metrics
     path = bundle.save(run.artifact(artifact))
     run.log({"phase": "final", "epoch": cfg.epochs, **metrics})
-    run.append_result(
-        {
-            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-            "run": run.root.name,
-            **row,
-            "dataset": cfg.dataset,
-            "epochs": cfg.epochs,
-            "seed": cfg.seed,
-            "test_acc1": f"{metrics['test_acc1']:.2f}",
-            "test_acc5": f"{metrics['test_acc5']:.2f}",
-            "path": str(path),
-        }
-    )
+    finished = datetime.datetime.now()
+    run.append_result(result_row(cfg, bundle.meta, run, path, finished=finished, **row))
     reporter.note(f"top-1 {metrics['test_acc1']:.2f}%  top-5 {metrics['test_acc5']:.2f}%")
     return path
 
@@ -123,6 +123,106 @@ def _reused(kind: str, path: Path, cls: type[Bundle]) -> Result:
         b.meta.get("layers", {}),
         reused=True,
     )
+
+
+def _ready(method: Method, model: torch.nn.Module, ds: Dataset, cfg: Any) -> None:
+    """Bind the method's context, let it prepare the model, and build its optimizers once:
+    all before the run directory is claimed, so a method or optimizer that cannot start
+    leaves nothing behind."""
+    bind(method, ds, cfg)
+    method.prepare(model)
+    if method.trains:
+        method.optimizers(model, OptimizerFactory(cfg))
+
+
+def _train(
+    model: torch.nn.Module,
+    method: Method,
+    ds: Dataset,
+    cfg: Any,
+    run: Run,
+    reporter: Reporter,
+    phase: str,
+) -> dict[str, Any] | None:
+    """Train every stage of the method, resuming at the first unfinished one; returns where
+    the method stopped the last stage early ({stage, epoch, reason}), if it did.
+
+    A stage of a several-stage run is finished once its end state (model and method, no
+    optimizer: the next stage starts fresh ones) is saved as `checkpoints/<stage>/end`, right
+    after its artifact `stages/<stage>/ticket.safetensors`; a resumed run loads the end state
+    of the last finished stage and redoes none of them.
+    """
+    stages = method.stages()
+    if len(stages) == 1:
+        record = fit(model, method, ds, cfg, run, reporter, phase=phase, stage=stages[0])
+        return _stopped(stages[0], record)
+    finished = 0
+    while finished < len(stages) and run.has_checkpoint(f"{stages[finished].name}/end"):
+        finished += 1
+    if finished:
+        run.load_checkpoint(f"{stages[finished - 1].name}/end", model, {}, method)
+        reporter.note(f"stages done: {', '.join(s.name for s in stages[:finished])}")
+    stopped = None
+    for stage in stages[finished:]:
+        method.begin_stage(stage, model)
+        record = fit(model, method, ds, cfg, run, reporter, phase=phase, stage=stage)
+        method.end_stage(stage, model)
+        stopped = _stopped(stage, record)
+        _stage_artifact(model, ds, cfg, run, stage, stopped)
+        info = {"stopped": stopped} if stopped else {}
+        run.save_checkpoint(f"{stage.name}/end", model, {}, stage.epochs, info, method.state_dict())
+    return stopped
+
+
+def _stopped(stage: Stage, record: dict[str, Any]) -> dict[str, Any] | None:
+    stopped = record.get("stopped")
+    return {"stage": stage.name, **stopped} if stopped else None
+
+
+def _stage_artifact(
+    model: torch.nn.Module,
+    ds: Dataset,
+    cfg: Any,
+    run: Run,
+    stage: Stage,
+    stopped: dict[str, Any] | None,
+) -> Path:
+    """A stage's own artifact: a ticket of the masked model, measured as rebuilt from itself
+    (or a dense checkpoint when the model has no masks)."""
+    device = resolve_device(cfg.device)
+    meta = {
+        "arch": cfg.arch,
+        "arch_kwargs": cfg.arch_options,
+        "input": vars(ds.input),
+        "dataset": cfg.dataset,
+        "method": getattr(cfg, "method", None) or "dense",
+        "k": getattr(cfg, "k", 1.0),
+        "stage": stage.name,
+        "config": configs.as_dict(cfg),
+        **({"stopped": stopped} if stopped else {}),
+    }
+    training = model.training
+    kind = Ticket if sparsifier_of(model) is not None else Checkpoint
+    bundle = kind.from_model(model, **meta)
+    bundle.meta["metrics"] = evaluate(bundle.build(device), ds, device)  # type: ignore[attr-defined]
+    model.train(training)
+    path = run.root / "stages" / stage.name / f"{kind.__name__.lower()}.safetensors"
+    return bundle.save(path)
+
+
+class Finetune(WeightMethod):
+    """Fine-tuning: the kept weights (and biases, BatchNorm) train under the ticket's masks."""
+
+    def __init__(self, masks: dict[str, torch.Tensor], setup: Setup) -> None:
+        super().__init__(None, setup)
+        self._masks = masks
+
+    def exclude(self, path: str, module: torch.nn.Module) -> bool:
+        return path not in self._masks
+
+    def choose_masks(self, model: torch.nn.Module) -> None:
+        for layer in masked_layers(model):
+            layer.set_mask(self._masks[layer.path])
 
 
 # ---- pretrain ----------------------------------------------------------------------------------
@@ -146,16 +246,10 @@ def pretrain(
     model = build_model(cfg.arch, ds.input, **cfg.arch_options)  # type: ignore[arg-type]
     if cfg.init is not None:
         init_weights(model, cfg.init, seed=cfg.seed)
+    method = Method(None, Setup(k=1.0, epochs=cfg.epochs, seed=cfg.seed))
+    _ready(method, model, ds, cfg)
     _claim(run, config, force)
-    fit(
-        model,
-        Method(None, Setup(k=1.0, epochs=cfg.epochs, seed=cfg.seed)),
-        ds,
-        cfg,
-        run,
-        reporter,
-        phase="pretrain",
-    )
+    _train(model, method, ds, cfg, run, reporter, "pretrain")
     model.cpu()
     ckpt = Checkpoint.from_model(
         model,
@@ -173,7 +267,7 @@ def pretrain(
         run,
         reporter,
         "checkpoint.safetensors",
-        {"arch": cfg.arch, "method": "dense", "k": 1.0},
+        {"command": "pretrain"},
     )
     return Result("checkpoint", path, "dense", 1.0, None, ckpt.meta["metrics"])
 
@@ -225,12 +319,13 @@ def prune(
         raise UsageError(
             f"--learn-bn: arch '{cfg.arch}' as configured has no affine normalisation layers"
         )
-    method.prepare(model)
+    _ready(method, model, ds, cfg)
     _claim(run, config, force)
-    if method.trains:
-        fit(model, method, ds, cfg, run, reporter, phase="prune")
-    method.finish(model)
     init = {"scheme": cfg.init, "scale": cfg.init_scale, "seed": cfg.seed} if not parent else {}
+    stopped = None
+    if method.trains:
+        stopped = _train(model, method, ds, cfg, run, reporter, "prune")
+    method.finish(model)
     meta = {
         "arch": cfg.arch,
         "arch_kwargs": cfg.arch_options,
@@ -241,6 +336,7 @@ def prune(
         "granularity": cfg.granularity,
         "command": "prune",
         "init": init,
+        **({"stopped": stopped} if stopped else {}),
     }
     return _write_ticket(model, ds, cfg, run, reporter, parent=cfg.input, meta=meta)
 
@@ -266,7 +362,7 @@ def _prune_input(cfg: configs.PruneConfig, method: Method) -> Checkpoint | None:
         raise UsageError("no arch given: pass --arch")
     cfg.init = cfg.init or method.default_init
     get_initializer(cfg.init)  # unknown names fail before any work
-    cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, method.arch_options())
+    cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, method.arch_options(), cfg.method)
     return None
 
 
@@ -299,7 +395,7 @@ def _write_ticket(
         parent=parent or "",
         **meta,
     )
-    row = {key: meta[key] for key in ("arch", "method", "k", "command")}
+    row = {"command": meta["command"]}
     path = _finish(ticket, ds, cfg, run, reporter, "ticket.safetensors", row)
     return Result(
         "ticket",
@@ -343,25 +439,10 @@ def finetune(
         return _reused("ticket", done, Ticket)
     torch.manual_seed(cfg.seed)
     model = parent.build("cpu").train()
-    masks = parent.masks()
-    sparsifier = Sparsifier.attach(
-        model, Fixed(), scores=False, exclude=lambda path, _: path not in masks
-    )
-    with torch.no_grad():
-        for layer in sparsifier.layers:
-            layer.mask.copy_(masks[layer.path])
-    for p in model.parameters():
-        p.requires_grad_(True)
+    method = Finetune(parent.masks(), Setup(k=k, epochs=cfg.epochs, seed=cfg.seed))
+    _ready(method, model, ds, cfg)
     _claim(run, config, force)
-    fit(
-        model,
-        Method(None, Setup(k=k, epochs=cfg.epochs, seed=cfg.seed)),
-        ds,
-        cfg,
-        run,
-        reporter,
-        phase="finetune",
-    )
+    _train(model, method, ds, cfg, run, reporter, "finetune")
     keep = ("arch", "arch_kwargs", "method", "method_options", "k", "scope", "granularity", "init")
     return _write_ticket(
         model,

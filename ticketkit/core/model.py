@@ -1,9 +1,10 @@
 """Building models from the registry, and initialising their weights.
 
 `build_model("conv4", input)` asks the arch plugin for a network shaped for the dataset (its
-channels, image size and class count). Methods may force "flavor" options that an arch
-declares (random-weight methods build without biases and with non-affine BatchNorm); the
-resolved options are what a ticket records, so it can rebuild the same network.
+channels, image size and class count). Methods may force "flavor" options on an arch
+(random-weight methods build without biases and with non-affine BatchNorm); one the arch does
+not declare is an error, never dropped. The resolved options are what a ticket records, so it
+can rebuild the same network.
 """
 
 from __future__ import annotations
@@ -21,10 +22,27 @@ from ticketkit.errors import UsageError
 from ticketkit.registry import get_arch, get_initializer
 
 
-def arch_options(arch: str, options: dict[str, Any], flavor: dict[str, Any]) -> dict[str, Any]:
-    """The full, typed option set of `arch`: user options, plus flavor keys it declares."""
+def arch_options(
+    arch: str, options: dict[str, Any], flavor: dict[str, Any], method: str | None = None
+) -> dict[str, Any]:
+    """The full, typed option set of `arch`: user options over the flavor `flavor`.
+
+    With `method`, `flavor` is what that method forces (`Method.arch_options()`), and a key the
+    arch does not declare is a UsageError naming the arch, the key and the method: dropping it
+    would build a network the method did not ask for (biases it assumes are absent) while the
+    run looks normal. Without `method` (a test building every arch in one flavor) the flavor
+    applies where declared.
+    """
     spec = get_arch(arch)
-    declared = {f.name for f in dataclasses.fields(spec.options)}
+    declared = [f.name for f in dataclasses.fields(spec.options)]
+    missing = [k for k in flavor if k not in declared]
+    if method is not None and missing:
+        forced = ", ".join(f"{k}={flavor[k]!r}" for k in missing)
+        offered = ", ".join(n.replace("_", "-") for n in declared) or "none"
+        raise UsageError(
+            f"method '{method}' forces arch option{'s' * (len(missing) > 1)} {forced}, which "
+            f"arch '{arch}' does not declare (its options: {offered})"
+        )
     merged = {**{k: v for k, v in flavor.items() if k in declared}, **options}
     return dataclasses.asdict(spec.make_options(merged))
 
@@ -38,7 +56,20 @@ def build_model(arch: str, input: InputSpec, **options: Any) -> nn.Module:
         kwargs["variant"] = arch.partition(":")[2]
     model = spec.load()(input, **kwargs)
     _check_fits(model, arch, input)
+    # what `save_ticket` records so the ticket rebuilds this network (no state_dict entry)
+    model.__dict__[BUILT_AS] = {
+        "arch": arch,
+        "arch_kwargs": asdict_typed(typed),
+        "input": vars(input),
+    }
     return model
+
+
+BUILT_AS = "_ticketkit_built_as"
+
+
+def asdict_typed(options: Any) -> dict[str, Any]:
+    return dataclasses.asdict(options)
 
 
 @torch.no_grad()

@@ -48,7 +48,13 @@ class TopK(MaskRule):
 
     scope "layer": each layer keeps N - floor((1-k) N). scope "global": one exact threshold
     over every layer's scores (ties by index). Granularities "filter"/"channel" rank whole
-    output/input channels by the L2 norm of their |scores| and always keep k per layer.
+    output/input channels: at layer scope by the L2 norm of their |scores|, k of each layer's
+    groups kept. At global scope N - floor((1-k) N) of all layers' N groups are kept, with one
+    exact threshold (ties by index, in layer order), on the L2 norm divided by sqrt(number of
+    elements in the group), i.e. the root mean square of the group's |scores|: the plain norm
+    grows with the square root of the group's size (a layer with 9x the fan-in would look 3x as
+    important at the same scores), the RMS compares the typical score of a group whatever its
+    layer's shape.
     """
 
     def __init__(self, k: float, scope: str = "layer", granularity: str = "unstructured"):
@@ -64,7 +70,9 @@ class TopK(MaskRule):
         return selector
 
     def update(self, layers: list[Layer], training: bool) -> None:
-        if self.granularity != "unstructured":
+        if self.granularity != "unstructured" and self.scope == "global":
+            self._global_structured(layers)
+        elif self.granularity != "unstructured":
             for layer in layers:
                 self._structured(layer)
         elif self.scope == "global":
@@ -102,17 +110,40 @@ class TopK(MaskRule):
             layer.mask.view(-1).copy_(part)
             layer.param.kept = None  # per-layer counts are free under global scope
 
-    def _structured(self, layer: Layer) -> None:
+    def _importance(self, layer: Layer) -> torch.Tensor:
+        """The L2 norm of |scores| of each filter (output channel) or input channel."""
         s = layer.scores.detach().abs()  # type: ignore[union-attr]
-        dim = 0 if self.granularity == "filter" else 1
-        importance = s.transpose(0, dim).flatten(1).norm(dim=1)
+        return s.transpose(0, self._dim).flatten(1).norm(dim=1)
+
+    @property
+    def _dim(self) -> int:
+        return 0 if self.granularity == "filter" else 1
+
+    def _write_groups(self, layer: Layer, groups: torch.Tensor) -> None:
+        """Expand a 0/1 value per filter (channel) to the layer's mask."""
+        shape = [1] * layer.mask.dim()
+        shape[self._dim] = -1
+        layer.mask.copy_(groups.view(shape).expand_as(layer.mask))
+        layer.param.kept = None  # the ticket and alpha count the mask itself
+
+    def _structured(self, layer: Layer) -> None:
+        importance = self._importance(layer)
         keep = kept_count(importance.numel(), self.k)
         groups = torch.empty_like(importance)
         self._selector(layer.path).select(importance, keep, groups)
-        layer.param.kept = None
-        shape = [1] * s.dim()
-        shape[dim] = -1
-        layer.mask.copy_(groups.view(shape).expand_as(s))
+        self._write_groups(layer, groups)
+
+    def _global_structured(self, layers: list[Layer]) -> None:
+        """Filters (channels) of all layers ranked together by their RMS (see the class)."""
+        rms = []
+        for layer in layers:
+            importance = self._importance(layer)
+            rms.append(importance / math.sqrt(layer.numel // importance.numel()))
+        a = torch.cat(rms)
+        groups = torch.empty_like(a)
+        self._selector("*").select(a, kept_count(a.numel(), self.k), groups)
+        for layer, part in zip(layers, groups.split([r.numel() for r in rms]), strict=True):
+            self._write_groups(layer, part)
 
 
 class Fixed(MaskRule):

@@ -117,14 +117,16 @@ class Run:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
     def append_result(self, row: dict[str, Any]) -> None:
-        """Add a row to the shared `<out>/results.csv` (rewritten atomically)."""
+        """Add a row to the shared `<out>/results.csv` (rewritten atomically). The new row's
+        columns come first, in its order (`core/results.py`'s fixed list), so a file written by
+        an older version is brought to the documented order; columns only old rows have stay."""
         path = self.root.parent / "results.csv"
         rows: list[dict[str, Any]] = []
         if path.exists():
             with open(path, newline="") as f:
                 rows = list(csv.DictReader(f))
         rows.append(row)
-        fields = list(dict.fromkeys(k for r in rows for k in r))
+        fields = list(dict.fromkeys(k for r in (row, *rows) for k in r))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
@@ -132,6 +134,9 @@ class Run:
         atomic_text(path, buf.getvalue())
 
     # -- checkpoints ---------------------------------------------------------------------------
+    def has_checkpoint(self, tag: str) -> bool:
+        return (self.checkpoints / f"{tag}.safetensors").exists()
+
     def save_checkpoint(
         self,
         tag: str,
@@ -139,11 +144,14 @@ class Run:
         optimizers: dict[str, torch.optim.Optimizer],
         epoch: int,
         info: dict[str, Any],
+        method_state: dict[str, Any] | None = None,
     ) -> Path:
         tensors = {
             f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
         }
         meta = {"format": CHECKPOINT_FORMAT, "epoch": str(epoch), "info": json.dumps(info)}
+        if method_state:
+            meta["method"] = json.dumps(_pack_state(method_state, tensors))
         for name, opt in optimizers.items():
             state = opt.state_dict()
             plain: dict[str, Any] = {}
@@ -159,9 +167,14 @@ class Run:
         return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     def load_checkpoint(
-        self, tag: str, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer]
+        self,
+        tag: str,
+        model: torch.nn.Module,
+        optimizers: dict[str, torch.optim.Optimizer],
+        method: Any = None,
     ) -> tuple[int, dict[str, Any]] | None:
-        """Restore a checkpoint into model and optimizers; returns (epoch, info) or None."""
+        """Restore a checkpoint into model, optimizers and method (its `load_state_dict`);
+        returns (epoch, info), or None if there is no such checkpoint."""
         path = self.checkpoints / f"{tag}.safetensors"
         if not path.exists():
             return None
@@ -185,5 +198,40 @@ class Run:
                 idx, _, field = key.partition(".")
                 state.setdefault(int(idx), {})[field] = value
             opt.load_state_dict({"state": state, "param_groups": saved["groups"]})
+        if method is not None and "method" in meta:
+            method.load_state_dict(_unpack_state(json.loads(meta["method"]), tensors))
         torch.set_rng_state(tensors["rng.torch"])
         return int(meta["epoch"]), json.loads(meta["info"])
+
+
+def _pack_state(state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A method's state as safetensors: tensors (and generators' states) go into `tensors`
+    as `method.<name>[.<i>]`; returns the JSON part, with where each tensor went."""
+    plain: dict[str, Any] = {}
+    for name, value in state.items():
+        if isinstance(value, torch.Generator):
+            tensors[f"method.{name}"] = value.get_state()
+            plain[name] = {"tensor": f"method.{name}"}
+        elif isinstance(value, torch.Tensor):
+            tensors[f"method.{name}"] = value.detach().cpu().contiguous()
+            plain[name] = {"tensor": f"method.{name}", "device": str(value.device)}
+        elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+            keys = [f"method.{name}.{i}" for i in range(len(value))]
+            for key, item in zip(keys, value, strict=True):
+                tensors[key] = item.detach().cpu().contiguous()
+            plain[name] = {"tensors": keys, "device": str(value[0].device)}
+        else:
+            plain[name] = {"value": value}
+    return plain
+
+
+def _unpack_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for name, where in plain.items():
+        if "value" in where:
+            state[name] = where["value"]
+        elif "tensor" in where:
+            state[name] = tensors[where["tensor"]].to(where.get("device", "cpu"))
+        else:
+            state[name] = [tensors[key].to(where["device"]) for key in where["tensors"]]
+    return state

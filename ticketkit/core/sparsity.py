@@ -89,8 +89,10 @@ class _ScoreSTE(torch.autograd.Function):
         gws: list[torch.Tensor | None] = [None] * n
         gss: list[torch.Tensor | None] = [None] * n
         for i, p in enumerate(params):
-            if need[i] and not p.binary:
+            if need[i] and (not p.binary or p.straight_through):
                 gws[i] = grads[i] * saved[2 * n + i]
+            if p.keep_dense_grad:
+                p.dense_grad = grads[i].detach()
         scored = [i for i in range(n) if need[n + i]]
         fused = kernels() if scored else None
         if fused is not None:  # g*W*sign(s) in one pass per layer, one call for all
@@ -144,6 +146,9 @@ class MaskedWeight(nn.Module):
         self.kept: int | None = None  # set by rules that know the kept count exactly
         self.ig = 0.0  # implicit-gradient coefficient (BiP); 0 for plain straight-through
         self.decay = 0.0  # L2 weight decay of the scores, in their gradient (fold_weight_decay)
+        self.keep_dense_grad = False  # keep dL/dW_eff of each backward in `dense_grad` (RigL)
+        self.dense_grad: torch.Tensor | None = None
+        self.straight_through = False  # binary layers: W.grad = dL/dW_eff * m (Bop)
         self._cache: tuple[tuple[object, ...], torch.Tensor, torch.Tensor] | None = None
         # scratch space of the weight's shape for mask rules; follows .to(), not saved
         self.register_buffer("scratch", torch.empty_like(weight), persistent=False)
@@ -179,7 +184,16 @@ class MaskedWeight(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.scores is not None and torch.is_grad_enabled():
             return _ScoreSTE.apply((self,), True, w, self.scores)[0]
-        return self.effective(w)
+        eff = self.effective(w)
+        if self.binary and self.straight_through and w.requires_grad:
+            through = w * self.mask  # gradient dL/dW_eff * m, value unchanged
+            eff = eff.detach() + (through - through.detach())
+        if self.keep_dense_grad and eff.requires_grad:
+            eff.register_hook(self._keep_dense_grad)
+        return eff
+
+    def _keep_dense_grad(self, grad: torch.Tensor) -> None:
+        self.dense_grad = grad.detach()
 
 
 def effective_weights(
@@ -238,7 +252,26 @@ class Layer:
 
     @property
     def mask(self) -> torch.Tensor:
+        """The layer's mask (1 kept, 0 pruned), the weight's shape; read it, never write it
+        in place: `set_mask` tells the sparsifier."""
         return self.param.mask
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Replace the mask (anything of the weight's shape; non-zero = kept). Masks that a
+        rule derives from scores are recomputed over it at the next forward."""
+        if tuple(mask.shape) != self.shape:
+            raise ValueError(f"{self.path}: mask of shape {tuple(mask.shape)}, not {self.shape}")
+        with torch.no_grad():
+            self.param.mask.copy_(mask != 0)
+        self.param.kept = None
+        owner = sparsifier_of_layer(self)
+        if owner is not None:
+            owner.invalidate()
+
+    @property
+    def dense_grad(self) -> torch.Tensor | None:
+        """dL/dW_eff of the last backward, pruned positions included (needs `dense_grad`)."""
+        return self.param.dense_grad
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -284,6 +317,8 @@ class Sparsifier:
         self._steps = -1
         self._mode: bool | None = None
         self._model = weakref.ref(model)
+        for layer in layers:
+            layer.param.__dict__["_owner"] = weakref.ref(self)
         scored = [layer for layer in layers if layer.scores is not None]
         # the score node's inputs: Parameters keep their identity, so these are built once
         self._scored = tuple(layer.param for layer in scored)
@@ -302,7 +337,7 @@ class Sparsifier:
     def attach(
         cls,
         model: nn.Module,
-        rule: MaskRule,
+        rule: MaskRule | None = None,
         *,
         scores: bool = True,
         binary: bool = False,
@@ -310,16 +345,25 @@ class Sparsifier:
         dense_first: bool = False,
         dense_last: bool = False,
         exclude: Callable[[str, nn.Module], bool] | None = None,
+        dense_grad: bool = False,
+        straight_through: bool = False,
     ) -> Sparsifier:
-        """Parametrize every prunable layer of `model` and return the sparsifier."""
+        """Parametrize every prunable layer of `model` and return the sparsifier.
+
+        `rule` turns scores into masks (default `Fixed`: masks change only when set).
+        `dense_grad` keeps each layer's dense dL/dW_eff in `layer.dense_grad`;
+        `straight_through` gives binary layers' weights the gradient dL/dW_eff * m.
+        """
         if getattr(model, "_ticketkit_sparsifier", None) is not None:
             raise ValueError("model already has masks attached")
+        rule = rule if rule is not None else Fixed()
         layers = []
         for path, module in prunable_layers(
             model, dense_first=dense_first, dense_last=dense_last, exclude=exclude
         ):
             p = MaskedWeight(module.weight.detach(), scores=scores, binary=binary, alpha=alpha)
             p.relax_grad = rule.relax_grad
+            p.keep_dense_grad, p.straight_through = dense_grad, straight_through
             parametrize.register_parametrization(module, "weight", p, unsafe=True)
             _hand_out_stash(module)
             layers.append(Layer(path, module))
@@ -466,6 +510,12 @@ def _hand_out_stash(module: nn.Module) -> None:
 
     cls.weight = property(weight, prop.fset)  # type: ignore[attr-defined]
     module.__dict__[_STASH] = None
+
+
+def sparsifier_of_layer(layer: Layer) -> Sparsifier | None:
+    """The sparsifier that owns `layer`, if it is still attached."""
+    owner = layer.param.__dict__.get("_owner")
+    return owner() if owner is not None else None
 
 
 def sparsifier_of(model: nn.Module) -> Sparsifier | None:

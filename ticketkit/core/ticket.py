@@ -138,8 +138,37 @@ class Ticket(Bundle):
 
 
 def save_ticket(model: nn.Module, path: str | Path, **meta: Any) -> Path:
-    """Write the ticket of a masked model (public API)."""
-    return Ticket.from_model(model, **meta).save(Path(path))
+    """Write the ticket of a masked model (public API): one a method prepared, or one masked
+    with `ticketkit.masks.attach_masks`. A model made by `build_model` knows its arch, options
+    and input; `meta` adds to or overrides what is recorded (dataset, method, k, metrics...)."""
+    from ticketkit.core.model import BUILT_AS
+
+    sparsifier = sparsifier_of(model)
+    if sparsifier is None:
+        raise ValueError(
+            "the model has no masks: attach them with ticketkit.masks.attach_masks(model)"
+        )
+    built = model.__dict__.get(BUILT_AS, {})
+    missing = [key for key in ("arch", "arch_kwargs", "input") if key not in {**built, **meta}]
+    if missing:
+        raise ValueError(
+            f"save_ticket needs {', '.join(missing)} for a model not made by "
+            f"ticketkit.build_model (pass them as keywords)"
+        )
+    kept = sum(sparsifier.kept().values()) / sum(layer.numel for layer in sparsifier.layers)
+    defaults = {
+        "method": "manual",
+        "method_options": {},
+        "k": round(kept, 6),
+        "scope": "layer",
+        "granularity": "unstructured",
+        "init": {},
+        "dataset": "",
+        "metrics": {},
+        "config": {},
+        "parent": "",
+    }
+    return Ticket.from_model(model, **{**defaults, **built, **meta}).save(Path(path))
 
 
 def load_ticket(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:

@@ -34,7 +34,7 @@ def test_spec():
     assert SPEC.summary == "any timm model, built with pretrained=False (timm:<name>)"
     declared = {f.name for f in dataclasses.fields(SPEC.options)}
     assert {"drop_rate", "patch_size"} <= declared
-    assert not {"bias", "affine_bn"} & declared  # no flavor options: timm keeps its layers
+    assert {"bias", "affine_bn"} <= declared  # the flavor random-weight methods force
 
 
 @pytest.mark.parametrize("arch", ["timm:resnet18", "timm:mobilenetv3_small_100"])

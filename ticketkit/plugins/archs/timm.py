@@ -5,8 +5,10 @@ The model is `timm.create_model(name, pretrained=False, num_classes=classes, in_
 Swin, MLP-Mixer, ...) get `img_size=(height, width)`, so small images work; the others are
 built without it (found by trying: timm's entrypoints take **kwargs, so their signatures do not
 say). `patch_size`, `drop_rate` and `drop_path_rate` are passed only when set, and a model that
-does not take one is a UsageError. The timm architectures keep their own layers, so the bias
-and affine_bn flavor options are not declared here.
+does not take one is a UsageError. `bias` and `affine_bn` (the flavor random-weight methods
+force: edge-popup and biprop train no biases and no BatchNorm affines) are applied after timm
+builds the model: biases of its conv and linear layers, and BatchNorm's scale and shift, are
+removed.
 """
 
 from __future__ import annotations
@@ -30,9 +32,37 @@ class TimmOptions:
     drop_rate: float = option(0.0, "dropout before the classifier (timm drop_rate; 0 = off)")
     drop_path_rate: float = option(0.0, "stochastic depth rate (timm drop_path_rate; 0 = off)")
     patch_size: int = option(0, "patch size for patch-based models such as ViTs (0 = default)")
+    bias: bool = option(True, "keep the biases of conv and linear layers")
+    affine_bn: bool = option(True, "keep BatchNorm's learnable scale and shift")
 
 
-def build(input, *, variant: str, drop_rate: float, drop_path_rate: float, patch_size: int):
+def build(
+    input,
+    *,
+    variant: str,
+    drop_rate: float,
+    drop_path_rate: float,
+    patch_size: int,
+    bias: bool = True,
+    affine_bn: bool = True,
+):
+    model = _create(input, variant, drop_rate, drop_path_rate, patch_size)
+    _flavor(model, bias=bias, affine_bn=affine_bn)
+    return model
+
+
+def _flavor(model, *, bias: bool, affine_bn: bool) -> None:
+    """Remove biases and BatchNorm affines where the flavor says so."""
+    from torch import nn
+
+    for module in model.modules():
+        if not bias and isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            module.bias = None
+        if not affine_bn and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.weight, module.bias, module.affine = None, None, False
+
+
+def _create(input, variant: str, drop_rate: float, drop_path_rate: float, patch_size: int):
     import timm
 
     if not variant:

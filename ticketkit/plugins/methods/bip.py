@@ -8,7 +8,8 @@ Each iteration takes two batches:
      implicit gradient of the paper (bi-linear, Hessian-free):
          G = g_s - c * m * (dl/dz)^2,   z = m * theta,   c = `-o ig` (default 1/gamma)
      where g_s is the straight-through score gradient; then the top-k projection (the mask is the
-     top-k of |s|, global for unstructured, k per layer for filter/channel granularity).
+     top-k of |s| over the whole network: of weights, or of filters/channels ranked by their
+     norm per element under filter/channel granularity; `--scope layer` keeps k per layer).
 
 Differences from the released code, deliberately (research notes, bip-hydra.md section 5.4):
 the code multiplies the mask gradient by itself (g_s - lr2 * g_s^2, lr2 = 1e-4), steps BN in

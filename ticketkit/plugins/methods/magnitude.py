@@ -2,7 +2,8 @@
 
 Keep the k largest |W|, per layer (`--scope layer`) or over the whole network (`--scope
 global`, one exact threshold). Structured granularities keep the filters/channels with the
-largest L2 norm. No training happens here: follow with `ticketkit finetune`.
+largest L2 norm, k per layer, or at global scope the largest norm per element over the
+network (which may empty a layer). No training happens here: follow with `ticketkit finetune`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,118 @@
+"""Contract tests for plugin packages: run ticketkit's checks on your own method names.
+
+    # tests/test_contract.py of a plugin package (needs scikit-learn: ticketkit[digits])
+    from ticketkit.testing import check_method
+
+    def test_my_method_keeps_the_contract(tmp_path):
+        check_method("mine", tmp_path)
+
+Every check trains a tiny MLP on scikit-learn's digits (real images, seconds on a CPU) and
+raises AssertionError naming what broke. ticketkit runs the same checks over every
+registered method (tests/plugins/test_method_contract.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def dense_checkpoint(root: Path) -> Path:
+    """A small dense MLP trained on digits for one epoch: the input of checkpoint methods."""
+    from ticketkit.core import jobs
+    from ticketkit.core.config import PretrainConfig, resolve
+
+    cfg = {"arch": "mlp", "dataset": "digits", "epochs": 1, "eval_every": 0, "out": str(root)}
+    return jobs.pretrain(resolve(PretrainConfig, cfg)).path
+
+
+def prune_config(method: str, out: Path, checkpoint: Path | None = None, **extra: Any) -> Any:
+    """A `prune` config for `method` on the digits MLP (`checkpoint` for checkpoint methods)."""
+    from ticketkit.core.config import PruneConfig, resolve
+    from ticketkit.registry import get_method
+
+    source = get_method(method).load().source
+    if source == "checkpoint" and checkpoint is None:
+        checkpoint = dense_checkpoint(out / "dense")
+    start = {"input": str(checkpoint)} if source == "checkpoint" else {"arch": "mlp"}
+    base = {"method": method, "k": 0.3, "dataset": "digits", "batch_size": 64, "out": str(out)}
+    return resolve(PruneConfig, {**base, "epochs": 2, **start, **extra})
+
+
+def check_finds_ticket(method: str, root: Path, checkpoint: Path | None = None) -> Any:
+    """The method finds a ticket that keeps exactly k of the weights (per layer at layer
+    scope, over the network at global scope) and evaluates from the file alone."""
+    from ticketkit.core import jobs
+    from ticketkit.core.ticket import Ticket
+
+    result = jobs.prune(prune_config(method, root / "find", checkpoint))
+    ticket = Ticket.read(result.path)
+    kept = [(info["kept"], math.prod(info["shape"])) for info in ticket.meta["layers"].values()]
+    if ticket.meta["scope"] == "global" or ticket.meta["granularity"] != "unstructured":
+        total = sum(n for _, n in kept)
+        assert sum(k for k, _ in kept) <= total, f"{method}: keeps more weights than it has"
+        if ticket.meta["granularity"] == "unstructured":
+            assert sum(k for k, _ in kept) == total - math.floor(0.7 * total), (method, kept)
+    else:
+        assert all(k == n - math.floor(0.7 * n) for k, n in kept), (method, kept)
+    assert 0 <= result.metrics["test_acc1"] <= 100
+    return ticket
+
+
+@contextmanager
+def interrupted_after_first_checkpoint() -> Iterator[None]:
+    """Raise KeyboardInterrupt right after the first end-of-epoch checkpoint is written, as a
+    Ctrl-C between epochs would."""
+    from ticketkit.core.runs import Run
+
+    original = Run.save_checkpoint
+
+    def save(self: Run, tag: str, *args: Any, **kwargs: Any) -> Path:
+        path = original(self, tag, *args, **kwargs)
+        if tag.endswith("last"):
+            raise KeyboardInterrupt
+        return path
+
+    Run.save_checkpoint = save  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Run.save_checkpoint = original  # type: ignore[method-assign]
+
+
+def check_resumes_exactly(method: str, root: Path, checkpoint: Path | None = None) -> None:
+    """A run interrupted after its first epoch and run again gives the ticket of the
+    uninterrupted run, bit for bit (CPU): everything the method keeps is checkpointed."""
+    from ticketkit.core import jobs
+    from ticketkit.core.ticket import Ticket
+
+    full = jobs.prune(prune_config(method, root / "full", checkpoint))
+    if Ticket.read(full.path).meta["config"]["epochs"] == 0:
+        return  # one-shot: nothing to interrupt
+    try:
+        with interrupted_after_first_checkpoint():
+            jobs.prune(prune_config(method, root / "cut", checkpoint))
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError(f"{method}: the run wrote no checkpoint to interrupt after")
+    resumed = jobs.prune(prune_config(method, root / "cut", checkpoint))
+    a, b = Ticket.read(full.path), Ticket.read(resumed.path)
+    assert a.meta["payload_sha256"] == b.meta["payload_sha256"], (
+        f"{method}: the resumed run's ticket differs from the uninterrupted run's"
+    )
+    assert a.meta["metrics"] == b.meta["metrics"]
+
+
+def check_method(method: str, root: Path) -> None:
+    """Every check of a method plugin."""
+    checkpoint = None
+    from ticketkit.registry import get_method
+
+    if get_method(method).load().source == "checkpoint":
+        checkpoint = dense_checkpoint(root / "dense")
+    check_finds_ticket(method, root, checkpoint)
+    check_resumes_exactly(method, root, checkpoint)
