@@ -12,11 +12,11 @@ import time
 
 import torch
 
-from ticketkit.core.data import InputSpec
-from ticketkit.core.model import build_model
-from ticketkit.core.train import OptimizerFactory
+from ticketkit.models import build_model
 from ticketkit.plugin import Method, Setup
 from ticketkit.plugins.methods.bip import BiP, BiPOptions
+from ticketkit.training.data import InputSpec
+from ticketkit.training.loop import OptimizerFactory
 
 
 class Runner:

@@ -35,15 +35,16 @@ import time
 import torch
 import torch.nn.functional as F
 
-import ticketkit.core.select as select_module
-import ticketkit.core.sparsity as sparsity_module
-from ticketkit.core.data import InputSpec
-from ticketkit.core.model import build_model
-from ticketkit.core.select import Selector, kept_count
-from ticketkit.core.sparsity import sparsifier_of
-from ticketkit.core.train import retain_freed_memory
+import ticketkit.masks.layers as layers_module
+import ticketkit.masks.select as select_module
+import ticketkit.masks.sparsifier as sparsity_module
+from ticketkit.masks.select import Selector, kept_count
+from ticketkit.masks.sparsifier import sparsifier_of
+from ticketkit.models import build_model
 from ticketkit.plugin import Setup
 from ticketkit.plugins.methods.biprop import Biprop, BipropOptions
+from ticketkit.training.data import InputSpec
+from ticketkit.training.loop import retain_freed_memory
 
 
 class _ReplacedSelector(Selector):
@@ -164,12 +165,12 @@ class Stepper:
 @contextlib.contextmanager
 def _without_kernels():
     """Make ticketkit take its eager path, as on a machine without a C compiler."""
-    saved = select_module.kernels, sparsity_module.kernels
-    select_module.kernels = sparsity_module.kernels = lambda: None
+    saved = select_module.kernels, sparsity_module.kernels, layers_module.kernels
+    select_module.kernels = sparsity_module.kernels = layers_module.kernels = lambda: None
     try:
         yield
     finally:
-        select_module.kernels, sparsity_module.kernels = saved
+        select_module.kernels, sparsity_module.kernels, layers_module.kernels = saved
 
 
 def interleaved(

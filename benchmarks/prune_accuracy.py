@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ticketkit.core import jobs
-from ticketkit.core.config import FinetuneConfig, PretrainConfig, PruneConfig, resolve
+from ticketkit import jobs
+from ticketkit.runs.config import FinetuneConfig, PretrainConfig, PruneConfig, resolve
 
 
 def main() -> None:

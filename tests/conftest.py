@@ -92,8 +92,8 @@ def fashion():
 @pytest.fixture(scope="session")
 def pretrained_resnet20(tmp_path_factory, fashion):
     """A resnet20 trained briefly on real Fashion-MNIST images (a dense checkpoint path)."""
-    from ticketkit.core import jobs
-    from ticketkit.core.config import PretrainConfig, resolve
+    from ticketkit import jobs
+    from ticketkit.runs.config import PretrainConfig, resolve
 
     out = tmp_path_factory.mktemp("pretrained")
     cfg = resolve(
@@ -113,8 +113,8 @@ def pretrained_resnet20(tmp_path_factory, fashion):
 @pytest.fixture(scope="session")
 def pretrained_digits_mlp(tmp_path_factory):
     """A small MLP trained on the scikit-learn digits (fast dense checkpoint for method tests)."""
-    from ticketkit.core import jobs
-    from ticketkit.core.config import PretrainConfig, resolve
+    from ticketkit import jobs
+    from ticketkit.runs.config import PretrainConfig, resolve
 
     out = tmp_path_factory.mktemp("pretrained-mlp")
     cfg = resolve(

@@ -6,8 +6,8 @@ on this MLP in 5 epochs; here 3 epochs on a 20k subset must clear 80% (70% for M
 
 import pytest
 
-from ticketkit.core import jobs
-from ticketkit.core.config import PruneConfig, resolve
+from ticketkit import jobs
+from ticketkit.runs.config import PruneConfig, resolve
 
 
 def find(tmp_path, **kw):

@@ -40,8 +40,8 @@ def test_mask_overhead_replaced_selectors_do_all_the_selection(monkeypatch):
     import mask_overhead
     import torch
 
-    from ticketkit.core.data import InputSpec
-    from ticketkit.core.sparsity import sparsifier_of
+    from ticketkit.masks.sparsifier import sparsifier_of
+    from ticketkit.training.data import InputSpec
 
     calls = []
 

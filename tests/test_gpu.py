@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ticketkit.core.select import Selector, kept_count
+from ticketkit.masks.select import Selector, kept_count
 
 pytestmark = pytest.mark.gpu
 
@@ -22,9 +22,9 @@ def test_cuda_selection_is_exact_with_ties():
 
 
 def test_prune_on_cuda_and_load_the_ticket_on_both_devices(tmp_path):
-    from ticketkit.core import jobs
-    from ticketkit.core.config import PruneConfig, resolve
-    from ticketkit.core.ticket import Ticket
+    from ticketkit import jobs
+    from ticketkit.artifacts.ticket import Ticket
+    from ticketkit.runs.config import PruneConfig, resolve
 
     cfg = resolve(
         PruneConfig,

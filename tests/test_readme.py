@@ -62,7 +62,7 @@ def test_the_kernels_compile_where_a_compiler_is_installed():
 
     import pytest
 
-    from ticketkit.core.kernels import kernels
+    from ticketkit.masks.kernels import kernels
 
     if shutil.which(os.environ.get("CC") or "cc") is None:
         pytest.skip("no C compiler: README's test command installs gcc (as root)")

@@ -30,11 +30,11 @@ from ticketkit.specs import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "build_model": "ticketkit.core.model",
-    "load_ticket": "ticketkit.core.ticket",
-    "save_ticket": "ticketkit.core.ticket",
-    "Ticket": "ticketkit.core.ticket",
-    "InputSpec": "ticketkit.core.data",
+    "build_model": "ticketkit.models",
+    "load_ticket": "ticketkit.artifacts.ticket",
+    "save_ticket": "ticketkit.artifacts.ticket",
+    "Ticket": "ticketkit.artifacts.ticket",
+    "InputSpec": "ticketkit.inputs",
     "Method": "ticketkit.plugin",
     "ScoreMethod": "ticketkit.plugin",
     "WeightMethod": "ticketkit.plugin",
@@ -45,11 +45,11 @@ _LAZY = {
     "attach_masks": "ticketkit.masks",
     "masked_layers": "ticketkit.masks",
     "clear_optimizer_state": "ticketkit.masks",
-    "MaskRule": "ticketkit.core.rules",
-    "TopK": "ticketkit.core.rules",
-    "Layer": "ticketkit.core.sparsity",
-    "Selector": "ticketkit.core.select",
-    "kept_count": "ticketkit.core.select",
+    "MaskRule": "ticketkit.masks.rules",
+    "TopK": "ticketkit.masks.rules",
+    "Layer": "ticketkit.masks.layers",
+    "Selector": "ticketkit.masks.select",
+    "kept_count": "ticketkit.masks.select",
 }
 
 __all__ = [

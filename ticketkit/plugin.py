@@ -3,7 +3,7 @@
 Importing this module does not import torch (the hooks import it when they run), so a plugin
 module can subclass these at top level and still be listed by `ticketkit plugins` instantly.
 
-A method never writes its own training loop (DESIGN §3). The engine (`ticketkit.core.train`)
+A method never writes its own training loop (DESIGN §3). The engine (`ticketkit.training.loop`)
 sets `method.ctx` (a `Context`), then calls, in order,
 
     prepare(model)                                   masks, scores, what trains
@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ticketkit.core.data import InputSpec, Split
-    from ticketkit.core.rules import MaskRule
-    from ticketkit.core.sparsity import Sparsifier
+    from ticketkit.inputs import InputSpec, Split
+    from ticketkit.masks.rules import MaskRule
+    from ticketkit.masks.sparsifier import Sparsifier
 
 ROLES = ("weights", "binary_weights", "scores", "norms", "other")
 
@@ -136,7 +136,7 @@ class Method:
         """Every trainable parameter under one role of `ROLES`, so each role can go to its
         own optimizer: masked layers' weights are "weights" ("binary_weights" where the layer
         is binary), then "scores", normalisation affines "norms", the rest "other"."""
-        from ticketkit.core.sparsity import sparsifier_of
+        from ticketkit.masks.sparsifier import sparsifier_of
 
         roles: dict[str, list] = {role: [] for role in ROLES}
         known: dict[int, str] = {id(p): "norms" for p in norm_parameters(model)}
@@ -252,7 +252,7 @@ class ScoreMethod(Method):
     sparsifier: Sparsifier
 
     def rule(self) -> MaskRule:
-        from ticketkit.core.rules import TopK
+        from ticketkit.masks.rules import TopK
 
         s = self.setup
         return TopK(s.k, s.scope, s.granularity)
@@ -263,8 +263,8 @@ class ScoreMethod(Method):
     def prepare(self, model: nn.Module) -> None:
         import torch
 
-        from ticketkit.core.rules import init_scores
-        from ticketkit.core.sparsity import Sparsifier
+        from ticketkit.masks.rules import init_scores
+        from ticketkit.masks.sparsifier import Sparsifier
 
         s = self.setup
         self.sparsifier = Sparsifier.attach(
@@ -312,7 +312,7 @@ class WeightMethod(Method):
         return bool(rule and rule(path, module))
 
     def prepare(self, model: nn.Module) -> None:
-        from ticketkit.core.sparsity import Sparsifier
+        from ticketkit.masks.sparsifier import Sparsifier
 
         s = self.setup
         self.sparsifier = Sparsifier.attach(

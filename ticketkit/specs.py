@@ -100,7 +100,7 @@ class ArchSpec(Spec):
 
 @dataclass(frozen=True)
 class DatasetSpec(Spec):
-    """A dataset. The factory returns a loader object (see ticketkit.core.data.DatasetSource)."""
+    """A dataset. The factory returns a `ticketkit.plugin.DatasetSource`."""
 
     kind: typing.ClassVar[str] = "datasets"
 

@@ -22,8 +22,8 @@ from typing import Any
 
 def dense_checkpoint(root: Path) -> Path:
     """A small dense MLP trained on digits for one epoch: the input of checkpoint methods."""
-    from ticketkit.core import jobs
-    from ticketkit.core.config import PretrainConfig, resolve
+    from ticketkit import jobs
+    from ticketkit.runs.config import PretrainConfig, resolve
 
     cfg = {"arch": "mlp", "dataset": "digits", "epochs": 1, "eval_every": 0, "out": str(root)}
     return jobs.pretrain(resolve(PretrainConfig, cfg)).path
@@ -31,8 +31,8 @@ def dense_checkpoint(root: Path) -> Path:
 
 def prune_config(method: str, out: Path, checkpoint: Path | None = None, **extra: Any) -> Any:
     """A `prune` config for `method` on the digits MLP (`checkpoint` for checkpoint methods)."""
-    from ticketkit.core.config import PruneConfig, resolve
     from ticketkit.registry import get_method
+    from ticketkit.runs.config import PruneConfig, resolve
 
     source = get_method(method).load().source
     if source == "checkpoint" and checkpoint is None:
@@ -45,8 +45,8 @@ def prune_config(method: str, out: Path, checkpoint: Path | None = None, **extra
 def check_finds_ticket(method: str, root: Path, checkpoint: Path | None = None) -> Any:
     """The method finds a ticket that keeps exactly k of the weights (per layer at layer
     scope, over the network at global scope) and evaluates from the file alone."""
-    from ticketkit.core import jobs
-    from ticketkit.core.ticket import Ticket
+    from ticketkit import jobs
+    from ticketkit.artifacts.ticket import Ticket
 
     result = jobs.prune(prune_config(method, root / "find", checkpoint))
     ticket = Ticket.read(result.path)
@@ -66,7 +66,7 @@ def check_finds_ticket(method: str, root: Path, checkpoint: Path | None = None) 
 def interrupted_after_first_checkpoint() -> Iterator[None]:
     """Raise KeyboardInterrupt right after the first end-of-epoch checkpoint is written, as a
     Ctrl-C between epochs would."""
-    from ticketkit.core.runs import Run
+    from ticketkit.runs.directory import Run
 
     original = Run.save_checkpoint
 
@@ -86,8 +86,8 @@ def interrupted_after_first_checkpoint() -> Iterator[None]:
 def check_resumes_exactly(method: str, root: Path, checkpoint: Path | None = None) -> None:
     """A run interrupted after its first epoch and run again gives the ticket of the
     uninterrupted run, bit for bit (CPU): everything the method keeps is checkpointed."""
-    from ticketkit.core import jobs
-    from ticketkit.core.ticket import Ticket
+    from ticketkit import jobs
+    from ticketkit.artifacts.ticket import Ticket
 
     full = jobs.prune(prune_config(method, root / "full", checkpoint))
     if Ticket.read(full.path).meta["config"]["epochs"] == 0:

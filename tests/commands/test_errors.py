@@ -92,7 +92,7 @@ def test_bad_files_for_eval(cli, tmp_path):
 
 
 def test_ticket_whose_shapes_do_not_match_its_arch(cli, tmp_path):
-    from ticketkit.core.ticket import Ticket
+    from ticketkit.artifacts.ticket import Ticket
 
     ok = cli(
         *"prune --method biprop --arch mlp --k 0.5 --dataset digits --epochs 1 --out".split(),

@@ -10,7 +10,8 @@ from tests.commands.test_errors import assert_usage_error
 @pytest.fixture(scope="module")
 def fashion_ticket(tmp_path_factory, fashion):
     """An mlp ticket found on real Fashion-MNIST images (small and quick)."""
-    from ticketkit.core import config, jobs
+    from ticketkit import jobs
+    from ticketkit.runs import config
 
     cfg = config.resolve(
         config.PruneConfig,

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from ticketkit.core.ticket import Ticket
+from ticketkit.artifacts.ticket import Ticket
 
 
 def assert_usage_error(r, fragment):

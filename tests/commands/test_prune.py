@@ -126,7 +126,7 @@ def test_config_is_saved_in_run_dir_and_ticket(cli, tmp_path):
     assert r.code == 0, r.err
     import yaml
 
-    from ticketkit.core.ticket import Ticket
+    from ticketkit.artifacts.ticket import Ticket
 
     path = r.out.strip()
     saved = yaml.safe_load(open(path.replace("ticket.safetensors", "config.yaml")))

@@ -10,7 +10,7 @@ from importlib.metadata import version
 
 import pytest
 
-from ticketkit.core.results import OUTCOMES, RESULT_COLUMNS
+from ticketkit.runs.results import OUTCOMES, RESULT_COLUMNS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BASE = {"method": "biprop", "arch": "mlp", "k": 0.5, "dataset": "digits", "epochs": 1}
@@ -36,8 +36,8 @@ PAIRS = {
 def runs_dir(tmp_path_factory):
     """One --out holding the variants, an edgepopup run, a pretrain and a finetune; returns
     (directory, {variant: ticket path})."""
-    from ticketkit.core import jobs
-    from ticketkit.core.config import FinetuneConfig, PretrainConfig, PruneConfig, resolve
+    from ticketkit import jobs
+    from ticketkit.runs.config import FinetuneConfig, PretrainConfig, PruneConfig, resolve
 
     out = tmp_path_factory.mktemp("runs")
     common = {"eval_every": 0, "out": str(out)}
@@ -138,7 +138,7 @@ def test_missing_results_is_an_error(cli, tmp_path):
 
 def test_table_shows_the_columns_that_differ(cli, runs_dir):
     from ticketkit.commands.runs import SHOWN_ALWAYS, table_columns
-    from ticketkit.core.results import read_results, results_file, select
+    from ticketkit.runs.results import read_results, results_file, select
 
     out, _ = runs_dir
     records, columns = read_results(results_file(out))
@@ -156,7 +156,8 @@ def test_table_shows_the_columns_that_differ(cli, runs_dir):
 
 
 def test_plot_draws_one_series_per_method(cli, runs_dir, tmp_path):
-    from ticketkit.core import results
+    from ticketkit.runs import plot as plots
+    from ticketkit.runs import results
 
     out, _ = runs_dir
     png = tmp_path / "acc-vs-k.png"
@@ -166,11 +167,11 @@ def test_plot_draws_one_series_per_method(cli, runs_dir, tmp_path):
     assert "(2 series: biprop, edgepopup)" in result.err
 
     records, _ = results.read_results(out / "results.csv")
-    figure = results.plot(results.select(records, [("command", "prune")]), tmp_path / "b.png")
+    figure = plots.plot(results.select(records, [("command", "prune")]), tmp_path / "b.png")
     axes = figure.axes[0]
     assert axes.get_legend_handles_labels()[1] == ["biprop", "edgepopup"]
     assert len(axes.containers) == 2 and axes.get_xscale() == "log"
-    biprop = results.series(records)[0]
+    biprop = plots.series(records)[0]
     assert biprop.label == "biprop" and biprop.x == [50.0]
     assert biprop.runs == [6]  # the six variants pooled at 50% (the finetune is its own)
     assert biprop.low[0] <= biprop.mean[0] <= biprop.high[0]

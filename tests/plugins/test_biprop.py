@@ -24,7 +24,7 @@ def test_ramp_only_for_global_scope_at_high_sparsity_and_fits_short_runs():
 
 
 def test_learn_bn_trains_affine_batchnorm_in_mpt_1_1(cli, tmp_path):
-    from ticketkit.core.ticket import Ticket
+    from ticketkit.artifacts.ticket import Ticket
 
     args = "prune --method biprop --arch conv4 --binary-act --learn-bn --k 0.5 --dataset digits"
     r = cli(*args.split(), "--epochs", "2", "--out", tmp_path)

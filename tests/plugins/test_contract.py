@@ -12,12 +12,12 @@ import math
 import pytest
 import torch
 
-from ticketkit.core.data import InputSpec
-from ticketkit.core.model import arch_options, build_model
-from ticketkit.core.ticket import Ticket, load_ticket
+from ticketkit.artifacts.ticket import Ticket, load_ticket
+from ticketkit.models import arch_options, build_model
 from ticketkit.plugin import Setup
 from ticketkit.plugins.methods.edgepopup import EdgePopup
 from ticketkit.registry import names, registry
+from ticketkit.training.data import InputSpec
 
 TIMM_VARIANTS = ["timm:resnet18", "timm:mobilenetv3_small_100"]
 SPEC = InputSpec(1, 28, 28, 10)
@@ -79,8 +79,8 @@ def test_method_finds_a_ticket_on_real_data(method, tmp_path, pretrained_digits_
 
 @pytest.mark.parametrize("optimizer", names("optimizers"))
 def test_optimizer_trains_scores(optimizer, tmp_path):
-    from ticketkit.core import jobs
-    from ticketkit.core.config import PruneConfig, resolve
+    from ticketkit import jobs
+    from ticketkit.runs.config import PruneConfig, resolve
 
     cfg = resolve(
         PruneConfig,

@@ -14,9 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ticketkit import testing
-from ticketkit.core import jobs
-from ticketkit.core.ticket import Ticket
+from ticketkit import jobs, testing
+from ticketkit.artifacts.ticket import Ticket
 from ticketkit.registry import get_method, names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,9 +55,9 @@ def test_every_documented_name_exists():
 
 def test_snip_masks_are_the_top_k_of_g_times_w(tmp_path):
     from ticketkit import InputSpec, Setup, build_model
-    from ticketkit.core.data import load_dataset
-    from ticketkit.core.train import bind
     from ticketkit.masks import masked_layers
+    from ticketkit.training.data import load_dataset
+    from ticketkit.training.loop import bind
 
     spec = get_method("snip-test")
     method = spec.load()(spec.make_options({"batches": 3}), Setup(k=0.1, seed=0))
@@ -113,7 +112,7 @@ def test_a_method_that_stops_at_the_end_of_an_epoch_ends_training_there(tmp_path
 
 
 def test_stages_keep_their_artifacts_and_resume_at_the_first_unfinished(tmp_path):
-    from ticketkit.core.runs import Run
+    from ticketkit.runs.directory import Run
 
     full = jobs.prune(testing.prune_config("stateful-test", tmp_path / "full", epochs=4))
     stages = full.path.parent / "stages"

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from ticketkit.core import jobs
-from ticketkit.core.config import PruneConfig, resolve
-from ticketkit.core.select import kept_count
-from ticketkit.core.ticket import Ticket
+from ticketkit import jobs
+from ticketkit.artifacts.ticket import Ticket
+from ticketkit.masks.select import kept_count
+from ticketkit.runs.config import PruneConfig, resolve
 
 
 def prune(source, tmp_path, **kw):
@@ -65,7 +65,7 @@ def test_channel_granularity_zeroes_input_channels(pretrained_resnet20, tmp_path
 
 
 def test_magnitude_is_one_shot_and_keeps_the_largest_weights(pretrained_digits_mlp, tmp_path):
-    from ticketkit.core.artifacts import Checkpoint
+    from ticketkit.artifacts.bundle import Checkpoint
 
     t = prune(pretrained_digits_mlp, tmp_path, method="magnitude", k=0.3, scope="global", epochs=5)
     assert t.meta["config"]["epochs"] == 0
@@ -98,7 +98,7 @@ def test_magnitude_notes_ignored_epochs_only_when_given(cli, pretrained_digits_m
 
 def test_bip_implicit_gradient_term_is_applied(pretrained_digits_mlp):
     """With ig = c, the score gradient is g*W*sign(s) - c*m*g^2 (the paper's bi-linear IG)."""
-    from ticketkit.core.artifacts import Checkpoint
+    from ticketkit.artifacts.bundle import Checkpoint
     from ticketkit.plugin import Setup
     from ticketkit.plugins.methods.bip import BiP, BiPOptions
 
@@ -115,10 +115,10 @@ def test_bip_implicit_gradient_term_is_applied(pretrained_digits_mlp):
 
 
 def test_bip_alternates_weight_and_score_steps(pretrained_digits_mlp):
-    from ticketkit.core.artifacts import Checkpoint
-    from ticketkit.core.train import OptimizerFactory
+    from ticketkit.artifacts.bundle import Checkpoint
     from ticketkit.plugin import Setup
     from ticketkit.plugins.methods.bip import BiP, BiPOptions
+    from ticketkit.training.loop import OptimizerFactory
 
     model = Checkpoint.read(pretrained_digits_mlp).build().train()
     method = BiP(BiPOptions(), Setup(k=0.3, scope="global"))

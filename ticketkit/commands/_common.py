@@ -198,7 +198,7 @@ def resumed(
     """
     import dataclasses
 
-    from ticketkit.core.config import read_yaml
+    from ticketkit.runs.config import read_yaml
 
     saved = resume / "config.yaml"
     if not saved.is_file():

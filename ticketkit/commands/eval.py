@@ -16,9 +16,9 @@ def eval_(
     """Accuracy and loss of a ticket (with its per-layer table) or of a dense checkpoint."""
     from rich.table import Table
 
-    from ticketkit.core.artifacts import read_artifact
-    from ticketkit.core.data import load_for
-    from ticketkit.core.train import evaluate, resolve_device
+    from ticketkit.artifacts.ticket import read_artifact
+    from ticketkit.training.data import load_for
+    from ticketkit.training.loop import evaluate, resolve_device
 
     path = c.read_input(artifact, "ticket or checkpoint")
     t = read_artifact(path)

@@ -41,8 +41,8 @@ def finetune(
     json_out: c.Json = False,
 ) -> None:
     """Fine-tune the kept weights of a ticket (mask fixed); print the new ticket's path."""
-    from ticketkit.core import config as configs
-    from ticketkit.core import jobs
+    from ticketkit import jobs
+    from ticketkit.runs import config as configs
 
     cli = c.config_values(locals(), configs.FinetuneConfig)
     cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None

@@ -47,8 +47,8 @@ def pretrain(
     json_out: c.Json = False,
 ) -> None:
     """Train a dense network of any registered arch; print the checkpoint's path."""
-    from ticketkit.core import config as configs
-    from ticketkit.core import jobs
+    from ticketkit import jobs
+    from ticketkit.runs import config as configs
 
     arch_options = parse_assignments(arch_option, "--arch-option")
     if width is not None:

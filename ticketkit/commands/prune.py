@@ -92,9 +92,8 @@ def prune(
     json_out: c.Json = False,
 ) -> None:
     """Find a ticket (in a random network, or in a dense checkpoint); print its path."""
-    from ticketkit import registry
-    from ticketkit.core import config as configs
-    from ticketkit.core import jobs
+    from ticketkit import jobs, registry
+    from ticketkit.runs import config as configs
 
     arch_options = parse_assignments(arch_option, "--arch-option")
     arch_options.update(

@@ -46,16 +46,17 @@ def runs(
     ] = False,
 ) -> None:
     """List finished runs (table on stderr, --json records on stdout), filter and plot them."""
-    from ticketkit.core import results
+    from ticketkit.runs import plot as plots
+    from ticketkit.runs import results
 
     if plot is not None:
-        results.require_matplotlib()
+        plots.require_matplotlib()
     path = results.results_file(directory)
     records, columns = results.read_results(path)
     asked = [f"{key}={value}" for key, value in (("method", method), ("arch", arch)) if value]
     listed = results.select(records, results.parse_where([*asked, *(where or [])], columns))
     if plot is not None:
-        figure = results.plot(listed, plot)
+        figure = plots.plot(listed, plot)
         labels = figure.axes[0].get_legend_handles_labels()[1]
         c.console.print(f"plot: {plot} ({len(labels)} series: {', '.join(labels)})", markup=False)
     if json_out:
@@ -71,7 +72,7 @@ def show(records: list[dict[str, Any]], columns: list[str], title: str) -> None:
     set) is one line under it."""
     from rich.table import Table
 
-    from ticketkit.core.results import OUTCOMES, TYPES, varying
+    from ticketkit.runs.results import OUTCOMES, TYPES, varying
 
     if not records:
         c.console.print(f"{title}: none match", markup=False)
@@ -103,7 +104,7 @@ def show(records: list[dict[str, Any]], columns: list[str], title: str) -> None:
 def table_columns(records: list[dict[str, Any]], columns: list[str]) -> list[str]:
     """What the table shows: the columns describing how runs were made that differ between
     `records` (kept only where it is not just k), then accuracy, time and run."""
-    from ticketkit.core.results import OUTCOMES, varying
+    from ticketkit.runs.results import OUTCOMES, varying
 
     differ = varying(records, [name for name in columns if name not in OUTCOMES])
     if "kept" in differ and all(_kept_is_k(r) for r in records):

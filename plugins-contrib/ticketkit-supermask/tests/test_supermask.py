@@ -7,8 +7,8 @@ from ticketkit_supermask import Supermask, SupermaskOptions
 from ticketkit_supermask.rule import sigmoid_grad
 
 import ticketkit
-from ticketkit.core.data import InputSpec
 from ticketkit.plugin import Setup
+from ticketkit.training.data import InputSpec
 
 
 def model_with_supermask(k=0.3):

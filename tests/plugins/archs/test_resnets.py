@@ -1,7 +1,7 @@
 """The ResNet archs: resnet20..56 and resnet18/34/50 (CIFAR), the -imagenet ResNets, and WRN.
 
 Specs come from each module's registration hook, and are built the way
-`ticketkit.core.model.build_model` builds them (typed options, then the factory), so these
+`ticketkit.models.build_model` builds them (typed options, then the factory), so these
 tests do not depend on the entry points being installed. Parameter counts and structure are
 checked on the meta device (no memory, no init); forwards use tiny batches in eval mode.
 """
@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from ticketkit.core.data import InputSpec
-from ticketkit.core.model import build_model
 from ticketkit.errors import UsageError
+from ticketkit.models import build_model
 from ticketkit.plugins.archs import resnet, resnet_cifar, wide_resnet
+from ticketkit.training.data import InputSpec
 
 
 def _specs(*modules):
@@ -272,7 +272,7 @@ def test_registry_finds_them():
             "(add them to pyproject.toml and reinstall)"
         )
     assert set(NAMES) <= set(names)
-    from ticketkit.core.model import build_model
+    from ticketkit.models import build_model
 
     model = build_model("wrn-16-8", DIGITS, widen=1)
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)

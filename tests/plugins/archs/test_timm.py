@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from ticketkit.core.data import InputSpec
-from ticketkit.core.model import build_model
 from ticketkit.errors import UsageError
+from ticketkit.models import build_model
 from ticketkit.plugins.archs import timm as timm_arch
+from ticketkit.training.data import InputSpec
 
 FOUND: list = []
 timm_arch.ticketkit_register_archs(register=FOUND.append)
@@ -101,7 +101,7 @@ def test_registry_finds_it():
             "the arch-timm entry point is not installed yet (add it to pyproject.toml "
             "and reinstall)"
         )
-    from ticketkit.core.model import build_model
+    from ticketkit.models import build_model
 
     model = build_model("timm:resnet18", DIGITS, drop_rate=0.1)
     assert forward(model, DIGITS).shape == (2, 10)

@@ -1,7 +1,7 @@
 """vgg11-bn and vgg16-bn (BiP/HYDRA CIFAR layout), and vgg-small still as it was.
 
 Specs come from the module's registration hook and are built the way
-`ticketkit.core.model.build_model` builds them, so the entry point need not be installed.
+`ticketkit.models.build_model` builds them, so the entry point need not be installed.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from ticketkit.core.data import InputSpec
-from ticketkit.core.model import build_model
 from ticketkit.errors import UsageError
+from ticketkit.models import build_model
 from ticketkit.plugins.archs import vgg
+from ticketkit.training.data import InputSpec
 
 FOUND: list = []
 vgg.ticketkit_register_archs(register=FOUND.append)

@@ -29,7 +29,7 @@ def build(
 ):
     from torch import nn
 
-    from ticketkit.core.model import activation, norm, pooled_size, scaled
+    from ticketkit.models import activation, norm, pooled_size, scaled
 
     def act(channels: int, dims: int) -> list:
         return (

@@ -22,7 +22,7 @@ class MLPOptions:
 def build(input, *, width: float, binary_act: bool, affine_bn: bool, bias: bool):
     from torch import nn
 
-    from ticketkit.core.model import activation, norm, scaled
+    from ticketkit.models import activation, norm, scaled
 
     layers: list = [nn.Flatten()]
     n_in = input.channels * input.height * input.width

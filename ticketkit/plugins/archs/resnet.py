@@ -40,7 +40,7 @@ def modules() -> SimpleNamespace:
     import torch.nn.functional as F
     from torch import nn
 
-    from ticketkit.core.model import norm
+    from ticketkit.models import norm
 
     def bn(channels: int, affine: bool) -> nn.BatchNorm2d:
         return norm(channels, 2, affine)
@@ -160,7 +160,7 @@ def modules() -> SimpleNamespace:
 
 
 def build(input, *, name: str, width: float, bias: bool, affine_bn: bool):
-    from ticketkit.core.model import scaled
+    from ticketkit.models import scaled
 
     block, layers = LAYOUTS[name]
     planes = [scaled(p, width, f"{name}-imagenet") for p in PLANES]

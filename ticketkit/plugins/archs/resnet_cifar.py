@@ -27,7 +27,7 @@ DEPTHS = (20, 32, 44, 56)
 
 def build(input, *, name: str, width: float, bias: bool, affine_bn: bool):
     """One of DEPTHS' option-A ResNets (`resnet20`...) or a LAYOUTS one (`resnet18`...)."""
-    from ticketkit.core.model import scaled
+    from ticketkit.models import scaled
 
     if name in LAYOUTS:
         block, layers = LAYOUTS[name]

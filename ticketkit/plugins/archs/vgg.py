@@ -35,7 +35,7 @@ class VGGSmallOptions:
 def build(input, *, width: float, binary_act: bool, affine_bn: bool, bias: bool):
     from torch import nn
 
-    from ticketkit.core.model import activation, norm, pooled_size, scaled
+    from ticketkit.models import activation, norm, pooled_size, scaled
 
     widths = [scaled(c, width, "vgg-small") for c in (128, 128, 256, 256, 512, 512)]
     layers: list = []
@@ -69,7 +69,7 @@ def build_bn(input, *, depth: str, width: float, affine_bn: bool, bias: bool):
     """VGG-11-BN or VGG-16-BN (CONFIGS[depth]) for `input`."""
     from torch import nn
 
-    from ticketkit.core.model import norm, scaled
+    from ticketkit.models import norm, scaled
 
     layers: list = []
     c_in, h, w = input.channels, input.height, input.width

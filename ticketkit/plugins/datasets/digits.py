@@ -21,7 +21,7 @@ class Digits(DatasetSource):
     def read(self, root: Path):
         import torch
 
-        from ticketkit.core.data import Split
+        from ticketkit.training.data import Split
 
         try:
             from sklearn.datasets import load_digits

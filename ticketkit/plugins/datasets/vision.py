@@ -65,7 +65,7 @@ class IdxSource(DatasetSource):
         return None
 
     def read(self, root: Path):
-        from ticketkit.core.data import Split
+        from ticketkit.training.data import Split
 
         splits = []
         for part in ("train", "test"):
@@ -111,7 +111,7 @@ class CIFAR10(DatasetSource):
         import torch
         import torchvision
 
-        from ticketkit.core.data import Split
+        from ticketkit.training.data import Split
 
         cls = getattr(torchvision.datasets, self.torchvision_name)
         splits = []

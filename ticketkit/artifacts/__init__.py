@@ -1,0 +1,1 @@
+"""The artifact files: dense checkpoints and tickets."""

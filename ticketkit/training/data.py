@@ -1,0 +1,216 @@
+"""Datasets: where their files are, and fast deterministic batches from memory.
+
+Every built-in dataset fits in memory as uint8 images, so batches are cut from tensors instead
+of a per-sample PIL pipeline: shuffling and augmentation are vectorised and seeded by
+(seed, epoch), which makes runs reproducible and resumable at epoch boundaries.
+
+Files resolve in this order (DESIGN §4): `--data DIR`, `$TICKETKIT_DATA`,
+`/usr/share/datasets/<name>` (e.g. Debian's dataset-fashion-mnist), then the cache
+`~/.cache/ticketkit/data/<name>`, downloading there through torchvision when online.
+`TICKETKIT_OFFLINE=1` forbids downloads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ticketkit.errors import UsageError
+from ticketkit.inputs import InputSpec, Split
+from ticketkit.plugin import DatasetSource
+from ticketkit.registry import get_dataset
+
+SYSTEM_DIR = Path("/usr/share/datasets")
+EVAL_BATCH = 500  # fixed, so evaluation is bit-identical between training and `eval`
+
+
+@dataclass
+class Dataset:
+    """A dataset in memory, with its normalisation and augmentation recipe."""
+
+    name: str
+    train: Split
+    test: Split
+    classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str = "none"  # "none" | "crop-flip"
+
+    @property
+    def input(self) -> InputSpec:
+        _, c, h, w = self.train.images.shape
+        return InputSpec(c, h, w, self.classes)
+
+
+def load_for(
+    made_for: InputSpec, name: str, data: str | None = None, subset: int | None = None
+) -> Dataset:
+    """`load_dataset`, refusing a dataset whose images or classes differ from `made_for`
+    (what an artifact's network was built for)."""
+    ds = load_dataset(name, data, subset)
+    if ds.input != made_for:
+        raise UsageError(
+            f"the input was made for {made_for}, but dataset '{ds.name}' gives {ds.input}"
+        )
+    return ds
+
+
+def candidate_dirs(name: str, data: str | None) -> list[Path]:
+    dirs = []
+    if data:
+        if not Path(data).is_dir():
+            raise UsageError(f"--data {data}: no such directory")
+        dirs.append(Path(data))
+    if os.environ.get("TICKETKIT_DATA"):
+        dirs.append(Path(os.environ["TICKETKIT_DATA"]))
+    dirs.append(SYSTEM_DIR / name)
+    dirs.append(cache_dir() / name)
+    return dirs
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ticketkit" / "data"
+
+
+def offline() -> bool:
+    return os.environ.get("TICKETKIT_OFFLINE", "") not in ("", "0")
+
+
+def load_dataset(name: str, data: str | None = None, subset: int | None = None) -> Dataset:
+    """Find (or download) a registered dataset and return it in memory."""
+    source: DatasetSource = get_dataset(name).load()()
+    splits = None
+    looked: list[Path] = []
+    if source.needs_files:
+        for root in candidate_dirs(name, data):
+            looked.append(root)
+            for where in (root, root / name):
+                if where.is_dir():
+                    splits = source.read(where)
+                    if splits:
+                        break
+            if splits:
+                break
+        if splits is None:
+            splits = _download(source, cache_dir() / name, looked)
+    else:
+        splits = source.read(Path("."))
+        assert splits is not None
+    train, test = splits
+    if subset is not None:
+        train = take_subset(train, subset)
+    return Dataset(name, train, test, source.classes, source.mean, source.std, source.augment)
+
+
+def _download(source: DatasetSource, target: Path, looked: list[Path]) -> tuple[Split, Split]:
+    where = ", ".join(str(p) for p in looked)
+    if offline():
+        raise UsageError(
+            f"dataset '{source.name}' not found (looked in {where}) and TICKETKIT_OFFLINE is set; "
+            + how_to_get(source)
+        )
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        source.download(target)
+        splits = source.read(target)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(
+            f"dataset '{source.name}' not found (looked in {where}) and the download failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
+            + how_to_get(source)
+        ) from None
+    if splits is None:
+        raise UsageError(f"dataset '{source.name}': downloaded files in {target} are unreadable")
+    return splits
+
+
+def how_to_get(source: DatasetSource) -> str:
+    """The exact fix for missing files: the system package where apt-get exists (it installs
+    them where ticketkit looks with no flag), the layout `--data DIR` expects, the download."""
+    ways = []
+    if source.system_package and shutil.which("apt-get"):
+        ways.append(f"install them with `apt-get install {source.system_package}` (as root)")
+    ways.append(f"pass --data DIR where DIR holds {source.files or 'its files'}")
+    fix = "; or ".join(ways)
+    return f"to fix: {fix}; with network access they are downloaded into {cache_dir()}"
+
+
+def take_subset(split: Split, n: int) -> Split:
+    """The first n samples of a fixed permutation (seed 0): the same subset for every run."""
+    if n <= 0:
+        raise UsageError(f"--subset must be positive, got {n}")
+    if n > len(split):
+        raise UsageError(f"--subset {n} is larger than the training set ({len(split)} samples)")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n]
+    return Split(split.images[order], split.labels[order])
+
+
+class Loader:
+    """Normalised (and, for training, shuffled and augmented) batches of one split."""
+
+    def __init__(
+        self,
+        ds: Dataset,
+        split: Split,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if batch_size <= 0:
+            raise UsageError(f"--batch-size must be positive, got {batch_size}")
+        self.split, self.batch_size, self.train, self.seed = split, batch_size, train, seed
+        self.device = torch.device(device)
+        self.augment = ds.augment if train else "none"
+        channels = split.images.shape[1]
+        self.mean = torch.tensor(ds.mean, device=self.device).view(1, channels, 1, 1) * 255
+        self.std = torch.tensor(ds.std, device=self.device).view(1, channels, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def batches(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.split)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=gen) if self.train else None
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size] if order is not None else None
+            images = (
+                self.split.images[idx]
+                if idx is not None
+                else self.split.images[start : start + self.batch_size]
+            )
+            labels = (
+                self.split.labels[idx]
+                if idx is not None
+                else self.split.labels[start : start + self.batch_size]
+            )
+            if self.augment == "crop-flip":
+                images = crop_flip(images, gen)
+            x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+            x = x.contiguous(memory_format=torch.channels_last)  # faster convs on CPU and GPU
+            yield x, labels.to(self.device, non_blocking=True)
+
+
+def crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole uint8 batch."""
+    b, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    flip = torch.rand(b, generator=gen) < 0.5
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = dx[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    return padded[
+        torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols
+    ]
