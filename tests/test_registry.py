@@ -220,20 +220,20 @@ def test_a_method_for_a_command_that_does_not_exist_is_refused_at_registration(t
     from ticketkit import MethodSpec
     from ticketkit.specs import PHASES
 
-    assert PHASES == ("prune",)
-    with pytest.raises(ValueError, match=r"phase 'rewire' has no command .*valid phases: prune"):
-        MethodSpec(name="later", summary="", factory="x:y", phase="rewire")
+    assert PHASES == ("prune", "find-ticket", "rewire")
+    with pytest.raises(ValueError, match=r"phase .distill. has no command .*find-ticket, rewire"):
+        MethodSpec(name="later", summary="", factory="x:y", phase="distill")
     code = """
     from ticketkit import MethodSpec, hookimpl
 
     @hookimpl
     def ticketkit_register_methods(register):
-        register(MethodSpec(name="later", summary="s", factory="x:y", phase="find-ticket"))
+        register(MethodSpec(name="later", summary="s", factory="x:y", phase="distill"))
     """
     env = fake_distribution(tmp_path / "site", "later-plugin", "later_mod", code)
     listed = run_subprocess("plugins", "--json", env=env)
     assert listed.code == 0
     (line,) = [line for line in listed.err.splitlines() if line.strip()]
     assert "plugin 'later_mod' from later-plugin 0.1 failed to load" in line
-    assert "phase 'find-ticket'" in line and "valid phases: prune" in line
+    assert "phase 'distill'" in line and "valid phases: prune, find-ticket, rewire" in line
     assert "later" not in {row["name"] for row in json.loads(listed.out)}

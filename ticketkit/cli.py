@@ -1,7 +1,8 @@
 """The `ticketkit` command line: one small module per subcommand under `ticketkit.commands`.
 
-Exit codes: 0 success, 1 the job failed, 2 bad usage or input, 130 interrupted. Expected errors
-print one `Error: ...` line on stderr; TICKETKIT_DEBUG=1 shows tracebacks of unexpected ones.
+Exit codes: 0 success, 1 the job failed, 2 bad usage or input, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM). Expected errors print one `Error: ...` line on stderr;
+TICKETKIT_DEBUG=1 shows tracebacks of unexpected ones.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import sys
 import typer
 
 from ticketkit.commands import eval as eval_cmd
-from ticketkit.commands import finetune, plugins, pretrain, prune, runs
+from ticketkit.commands import export, finetune, plugins, pretrain, prune, runs
+from ticketkit.commands.find_ticket import find_ticket
+from ticketkit.commands.rewire import rewire
 
 app = typer.Typer(
     name="ticketkit",
@@ -24,8 +27,11 @@ app = typer.Typer(
 )
 app.command("pretrain")(pretrain.pretrain)
 app.command("prune")(prune.prune)
+app.command("find-ticket")(find_ticket)
+app.command("rewire")(rewire)
 app.command("finetune")(finetune.finetune)
 app.command("eval")(eval_cmd.eval_)
+app.command("export")(export.export)
 app.add_typer(plugins.app, name="plugins")
 app.command("runs")(runs.runs)
 
@@ -48,7 +54,41 @@ def _options(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM, what a cluster scheduler sends before it preempts
+    a job, interrupts it as Ctrl-C does (atomic writes, the run lock given back, resumable),
+    and exits 143; the previous handler is restored for in-process callers (the tests)."""
+    import signal
+
+    _terminated.clear()
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous = None
+    try:
+        _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+_terminated: list[int] = []  # the signal that interrupted this run, if it was SIGTERM
+
+
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    _terminated.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> None:
+    """The one line and exit code of an interrupted command: 130 for Ctrl-C, 143 (128 +
+    SIGTERM) when a scheduler stopped it."""
+    from ticketkit.commands._common import console
+
+    console.print("Terminated (SIGTERM)." if _terminated else "Interrupted.")
+    sys.exit(143 if _terminated else 130)
+
+
+def _main(argv: list[str] | None) -> None:
     from ticketkit.commands._common import console
     from ticketkit.errors import TicketkitError
 
@@ -58,8 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"Error: {exc}", markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        console.print("Interrupted.")
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except _command_line_errors() as exc:  # an unknown flag, a value of the wrong type
@@ -90,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     if code == 130:  # typer >= 0.2x turns a KeyboardInterrupt into exit code 130 itself
-        console.print("Interrupted.")
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
 
 

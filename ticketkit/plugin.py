@@ -52,6 +52,12 @@ class Setup:
     dense_last: bool = False
     epochs: int = 1
     seed: int = 0
+    # the weight initialisation of the run's random network, for methods that draw fresh
+    # weights later (IMP's random re-initialisation); None where the command has none
+    init: str | None = None
+    # initial per-layer densities of sparse training (`rewire --density`): "uniform" (k in
+    # every layer) or "erk" (Erdos-Renyi-Kernel, as RigL); other commands leave it uniform
+    density: str = "uniform"
 
 
 @dataclass(frozen=True)

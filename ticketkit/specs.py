@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -60,7 +61,7 @@ class Spec:
 # The commands a method can run under, by `MethodSpec.phase`: only those this version's CLI has,
 # so a method for a command still to come is refused when it registers rather than listed and
 # then unusable. A new method-running command (rewire, find-ticket) adds its phase here.
-PHASES: tuple[str, ...] = ("prune",)
+PHASES: tuple[str, ...] = ("prune", "find-ticket", "rewire")
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise UsageError(f"{where}: expected {tp.__name__}, got '{value}'") from None
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise UsageError(f"{where}: expected an integer, got '{value}'")
+        if tp is float and not math.isfinite(number):  # NaN would pass every range check
+            raise UsageError(f"{where}: expected a finite number, got '{value}'")
         return number
     if tp is str:
         return str(value)

@@ -42,13 +42,46 @@ def prune_config(method: str, out: Path, checkpoint: Path | None = None, **extra
     return resolve(PruneConfig, {**base, "epochs": 2, **start, **extra})
 
 
+def find_ticket_config(method: str, out: Path, **extra: Any) -> Any:
+    """A `find-ticket` config for `method` on the digits MLP (k = 0.3, as `prune_config`)."""
+    from ticketkit.runs.config import FindTicketConfig, resolve
+
+    base = {"method": method, "k": 0.3, "dataset": "digits", "batch_size": 64, "out": str(out)}
+    return resolve(FindTicketConfig, {**base, "epochs": 2, "arch": "mlp", **extra})
+
+
+def rewire_config(method: str, out: Path, **extra: Any) -> Any:
+    """A `rewire` config for `method` on the digits MLP (k = 0.3, as `prune_config`); a method
+    with an `every` option updates its masks every 5 steps, so the short run rewires often."""
+    import dataclasses
+
+    from ticketkit.registry import get_method
+    from ticketkit.runs.config import RewireConfig, resolve
+
+    fields = {f.name for f in dataclasses.fields(get_method(method).options)}
+    options = {"every": "5"} if "every" in fields else {}
+    base = {"method": method, "k": 0.3, "dataset": "digits", "batch_size": 64, "out": str(out)}
+    return resolve(RewireConfig, {**base, "epochs": 2, "arch": "mlp", "options": options, **extra})
+
+
+def _search(method: str, out: Path, checkpoint: Path | None) -> Any:
+    """Run `method` under its own command (`prune`, `find-ticket` or `rewire`) on the digits MLP."""
+    from ticketkit import jobs
+    from ticketkit.registry import get_method
+
+    if get_method(method).phase == "rewire":
+        return jobs.rewire(rewire_config(method, out))
+    if get_method(method).phase == "find-ticket":
+        return jobs.find_ticket(find_ticket_config(method, out))
+    return jobs.prune(prune_config(method, out, checkpoint))
+
+
 def check_finds_ticket(method: str, root: Path, checkpoint: Path | None = None) -> Any:
     """The method finds a ticket that keeps exactly k of the weights (per layer at layer
     scope, over the network at global scope) and evaluates from the file alone."""
-    from ticketkit import jobs
     from ticketkit.artifacts.ticket import Ticket
 
-    result = jobs.prune(prune_config(method, root / "find", checkpoint))
+    result = _search(method, root / "find", checkpoint)
     ticket = Ticket.read(result.path)
     kept = [(info["kept"], math.prod(info["shape"])) for info in ticket.meta["layers"].values()]
     if ticket.meta["scope"] == "global" or ticket.meta["granularity"] != "unstructured":
@@ -86,20 +119,19 @@ def interrupted_after_first_checkpoint() -> Iterator[None]:
 def check_resumes_exactly(method: str, root: Path, checkpoint: Path | None = None) -> None:
     """A run interrupted after its first epoch and run again gives the ticket of the
     uninterrupted run, bit for bit (CPU): everything the method keeps is checkpointed."""
-    from ticketkit import jobs
     from ticketkit.artifacts.ticket import Ticket
 
-    full = jobs.prune(prune_config(method, root / "full", checkpoint))
+    full = _search(method, root / "full", checkpoint)
     if Ticket.read(full.path).meta["config"]["epochs"] == 0:
         return  # one-shot: nothing to interrupt
     try:
         with interrupted_after_first_checkpoint():
-            jobs.prune(prune_config(method, root / "cut", checkpoint))
+            _search(method, root / "cut", checkpoint)
     except KeyboardInterrupt:
         pass
     else:
         raise AssertionError(f"{method}: the run wrote no checkpoint to interrupt after")
-    resumed = jobs.prune(prune_config(method, root / "cut", checkpoint))
+    resumed = _search(method, root / "cut", checkpoint)
     a, b = Ticket.read(full.path), Ticket.read(resumed.path)
     assert a.meta["payload_sha256"] == b.meta["payload_sha256"], (
         f"{method}: the resumed run's ticket differs from the uninterrupted run's"

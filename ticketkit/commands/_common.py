@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,19 +46,20 @@ class Progress:
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("{task.fields[loss]}"),  # empty until the first step's loss
                 TimeRemainingColumn(),
                 console=console,
                 transient=True,
             )
             self._bar.start()
-            self._task = self._bar.add_task(description, total=total, loss=float("nan"))
+            self._task = self._bar.add_task(description, total=total, loss="")
 
     def advance(self, **fields: Any) -> None:
         self._done += 1
         self._loss = fields.get("loss", self._loss)
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, **fields)
+            loss = {"loss": f"loss {fields['loss']:.4f}"} if "loss" in fields else {}
+            self._bar.update(self._task, advance=1, **loss)
         elif time.monotonic() - self._last > 15:
             self._last = time.monotonic()
             loss = f" loss {self._loss:.4f}" if self._loss == self._loss else ""  # not NaN
@@ -100,9 +102,7 @@ LrSteps = Annotated[
         "--lr-steps", help="epochs at which --schedule step multiplies the lr, e.g. 30,60"
     ),
 ]
-LrGamma = Annotated[
-    float | None, typer.Option("--lr-gamma", help="the step schedule's factor (default 0.1)")
-]
+LrGamma = Annotated[float | None, typer.Option("--lr-gamma", help="the step schedule's factor")]
 Warmup = Annotated[
     int | None, typer.Option("--warmup", help="epochs of linear lr warm-up before the schedule")
 ]
@@ -116,9 +116,7 @@ Name = Annotated[
     str | None,
     typer.Option("--name", help="run directory name (default: derived from the config)"),
 ]
-Out = Annotated[
-    str | None, typer.Option("--out", help="parent directory of run directories (default: runs)")
-]
+Out = Annotated[str | None, typer.Option("--out", help="parent directory of run directories")]
 ConfigFile = Annotated[
     str | None, typer.Option("--config", help="YAML file of options (CLI flags win)")
 ]
@@ -171,6 +169,55 @@ Options = Annotated[
         "--option", "-o", help="method option name=value (see `ticketkit plugins show METHOD`)"
     ),
 ]
+
+
+def show_defaults(
+    config_class: type | None = None, **defaults: Any
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorate a command so that each option's help ends with its effective default
+    ("[default: 10]"): the config dataclass's, or one given as a keyword.
+
+    The options themselves default to None, so that a config file, a preset or a method's own
+    defaults can fill what the command line leaves out (precedence: runs/config.py); typer
+    would then show no default at all. Each command gets its own copy of a shared option's
+    typer info, since the same option has different defaults (`--lr`: 0.1 to prune, 0.01 to
+    fine-tune).
+    """
+    import copy
+    import dataclasses
+    import typing
+
+    if config_class is not None:
+        found = {f.name: f.default for f in dataclasses.fields(config_class)}
+        defaults = {**found, **defaults}
+
+    def apply(command: Callable[..., None]) -> Callable[..., None]:
+        hints = typing.get_type_hints(command, include_extras=True)
+        for name, hint in hints.items():
+            value = defaults.get(name, dataclasses.MISSING)
+            if value in (None, dataclasses.MISSING) or typing.get_origin(hint) is not Annotated:
+                continue  # no default of its own (filled from elsewhere), or not an option
+            base, *extras = typing.get_args(hint)
+            for i, info in enumerate(extras):
+                if isinstance(info, typer.models.OptionInfo):
+                    info = extras[i] = copy.copy(info)
+                    # escaped: typer renders help as rich markup, where [...] is a tag
+                    info.help = f"{info.help} \\[default: {_shown(info, value)}]"
+            command.__annotations__[name] = Annotated[(base, *extras)]  # type: ignore[valid-type]
+        return command
+
+    return apply
+
+
+def _shown(info: Any, value: Any) -> str:
+    """A default as the user would type it: a switch's flag (`--no-learn-bn`), else the value."""
+    # in `Annotated`, typer keeps the first declaration where a default would go
+    decls = (info.default, *info.param_decls)
+    declared = next((d for d in decls if isinstance(d, str) and "/" in d), None)
+    if isinstance(value, bool) and declared is not None:
+        on, off = declared.split("/")
+        return on if value else off
+    return str(value)
 
 
 def config_values(arguments: dict[str, Any], config_class: type) -> dict[str, Any]:

@@ -4,14 +4,17 @@ the file alone, or on another dataset of the same image shape and classes (`--da
 from __future__ import annotations
 
 from ticketkit.commands import _common as c
+from ticketkit.commands.export import Efficiency, show_efficiency
 
 
+@c.show_defaults(device="auto")
 def eval_(
     artifact: c.Input = None,
     dataset: c.Dataset = None,
     data: c.Data = None,
     device: c.Device = None,
     json_out: c.Json = False,
+    efficiency: Efficiency = False,
 ) -> None:
     """Accuracy and loss of a ticket (with its per-layer table) or of a dense checkpoint."""
     from rich.table import Table
@@ -27,6 +30,20 @@ def eval_(
     metrics = evaluate(t.build(dev), ds, dev)
     # what was recorded at creation compares only on the dataset it was measured on
     recorded = t.meta.get("metrics", {}) if ds.name == t.meta["dataset"] else {}
+    differs = [
+        (label, metrics[key], recorded[key])
+        for key, label in (("test_acc1", "top-1"), ("test_acc5", "top-5"))
+        if key in recorded and recorded[key] != metrics[key]
+    ]
+    if differs:  # recorded on the file's own network and data: only an edit or a change differs
+        measured = ", ".join(f"{label} {value:.2f}%" for label, value, _ in differs)
+        records = ", ".join(f"{label} {value:.2f}%" for label, _, value in differs)
+        c.console.print(
+            f"Warning: measured {measured} where {path} records {records}: its metadata was "
+            "edited, or the dataset files or the device differ from those of its run",
+            markup=False,
+            soft_wrap=True,
+        )
     if "layers" in t.meta:
         c.console.print(c.layer_table(t.meta["layers"], title=f"{path}"))
     summary = Table(show_header=True, show_edge=False, pad_edge=False)
@@ -58,4 +75,6 @@ def eval_(
         "recorded": recorded,
         "layers": t.meta.get("layers", {}),
     }
+    if efficiency:
+        record["efficiency"] = show_efficiency(t, str(path))
     c.emit(record, json_out)

@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from ticketkit.commands import _common as c
+from ticketkit.runs.config import FinetuneConfig
 from ticketkit.specs import parse_assignments
 
 
+@c.show_defaults(FinetuneConfig)
 def finetune(
     ticket: c.Input = None,
     k: Annotated[
@@ -23,7 +25,7 @@ def finetune(
     optimizer: c.Optimizer = None,
     optimizer_option: c.OptimizerOptions = None,
     role_optimizer: c.RoleOptimizers = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="learning rate (default: 0.01)")] = None,
+    lr: c.Lr = None,
     momentum: c.Momentum = None,
     weight_decay: c.WeightDecay = None,
     schedule: c.Schedule = None,

@@ -43,11 +43,17 @@ def plugins(
         ]
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
         return
+    rows = [
+        (e.kind[:-1], e.spec.name, e.spec.summary, f"{e.distribution} {e.version}") for e in entries
+    ]
+    if not sys.stdout.isatty():  # piped: one tab-separated line per plugin, for grep and cut
+        sys.stdout.writelines("\t".join(row) + "\n" for row in rows)
+        return
     table = Table(show_edge=False, pad_edge=False)
     for col in ("kind", "name", "summary", "from"):
         table.add_column(col, overflow="fold")
-    for e in entries:
-        table.add_row(e.kind[:-1], e.spec.name, e.spec.summary, f"{e.distribution} {e.version}")
+    for row in rows:
+        table.add_row(*row)
     from rich.console import Console
 
     Console().print(table)

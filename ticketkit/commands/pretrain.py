@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from ticketkit.commands import _common as c
+from ticketkit.runs.config import PretrainConfig
 from ticketkit.specs import parse_assignments
 
 
+@c.show_defaults(PretrainConfig, width=1.0)  # every built-in arch's
 def pretrain(
     arch: Annotated[
         str | None, typer.Option("--arch", help="architecture (see `ticketkit plugins`)")

@@ -11,9 +11,11 @@ from typing import Annotated
 import typer
 
 from ticketkit.commands import _common as c
+from ticketkit.runs.config import PruneConfig
 from ticketkit.specs import parse_assignments
 
 
+@c.show_defaults(PruneConfig, width=1.0, binary_act=False)  # every built-in arch's
 def prune(
     checkpoint: c.Input = None,
     method: Annotated[

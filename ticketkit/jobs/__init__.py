@@ -8,8 +8,10 @@ on the network rebuilt from the artifact itself, so `eval` reproduces it exactly
 """
 
 from ticketkit.jobs.common import Result
+from ticketkit.jobs.find_ticket import find_ticket
 from ticketkit.jobs.finetune import finetune
 from ticketkit.jobs.pretrain import pretrain
 from ticketkit.jobs.prune import make_method, prune
+from ticketkit.jobs.rewire import rewire
 
-__all__ = ["Result", "finetune", "make_method", "pretrain", "prune"]
+__all__ = ["Result", "find_ticket", "finetune", "make_method", "pretrain", "prune", "rewire"]

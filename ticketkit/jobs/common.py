@@ -17,6 +17,7 @@ from ticketkit.runs.directory import Run
 from ticketkit.training.data import Dataset, load_dataset, load_for
 from ticketkit.training.loop import (
     Reporter,
+    Silent,
     evaluate,
     resolve_device,
 )
@@ -68,13 +69,31 @@ def finished_run(
     return None
 
 
-def claim(run: Run, config: str, force: bool) -> None:
+def claim(
+    run: Run,
+    config: str,
+    force: bool,
+    artifact: str | None = None,
+    reporter: Reporter | None = None,
+) -> Path | None:
     """Take the run directory, once the model is built: a run that fails to set up (a width
-    that leaves no channels, an option the method refuses) leaves no directory behind."""
+    that leaves no channels, an option the method refuses) leaves no directory behind.
+
+    The directory stays locked until the job calls `run.release()` (in a `finally`), so an
+    identical command started meanwhile is refused with the holder's name. That command may
+    also arrive just after this one finished: with `artifact`, the finished artifact found
+    once the lock is held is returned (and the lock given back) instead of training again.
+    """
     run.claim(config, force)
+    if artifact is not None:
+        done = finished_run(run, config, artifact, force, reporter or Silent())
+        if done is not None:
+            run.release()
+            return done
     if force:  # every stage's checkpoints and artifacts too
         for stale in (*run.checkpoints.rglob("*.safetensors"), *run.root.glob("stages/*/*")):
             stale.unlink()
+    return None
 
 
 def finish(
@@ -97,13 +116,14 @@ def finish(
 
 
 def reused(kind: str, path: Path, cls: type[Bundle]) -> Result:
+    """The record of a finished artifact, as the job that made it printed it (and as `eval`
+    describes it): a dense checkpoint, which records no method or k, is method "dense", k 1."""
     b = cls.read(path)
-    k = float(b.meta["k"]) if "k" in b.meta else None
     return Result(
         kind,
         path,
-        b.meta.get("method"),
-        k,
+        b.meta.get("method") or "dense",
+        float(b.meta.get("k", 1.0)),
         b.meta.get("parent") or None,
         b.meta["metrics"],
         b.meta.get("layers", {}),

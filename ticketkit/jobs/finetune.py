@@ -73,15 +73,29 @@ def finetune(
     model = parent.build("cpu").train()
     method = Finetune(parent.masks(), Setup(k=k, epochs=cfg.epochs, seed=cfg.seed))
     ready(method, model, ds, cfg)
-    claim(run, config, force)
-    train_stages(model, method, ds, cfg, run, reporter, "finetune")
-    keep = ("arch", "arch_kwargs", "method", "method_options", "k", "scope", "granularity", "init")
-    return write_ticket(
-        model,
-        ds,
-        cfg,
-        run,
-        reporter,
-        parent=str(source),
-        meta={**{key: parent.meta[key] for key in keep}, "command": "finetune"},
-    )
+    done = claim(run, config, force, "ticket.safetensors", reporter)
+    if done is not None:  # finished by an identical command while this one set up
+        return reused("ticket", done, Ticket)
+    try:
+        train_stages(model, method, ds, cfg, run, reporter, "finetune")
+        keep = (
+            "arch",
+            "arch_kwargs",
+            "method",
+            "method_options",
+            "k",
+            "scope",
+            "granularity",
+            "init",
+        )
+        return write_ticket(
+            model,
+            ds,
+            cfg,
+            run,
+            reporter,
+            parent=str(source),
+            meta={**{key: parent.meta[key] for key in keep}, "command": "finetune"},
+        )
+    finally:
+        run.release()

@@ -45,25 +45,30 @@ def pretrain(
         init_weights(model, cfg.init, seed=cfg.seed)
     method = Method(None, Setup(k=1.0, epochs=cfg.epochs, seed=cfg.seed))
     ready(method, model, ds, cfg)
-    claim(run, config, force)
-    train_stages(model, method, ds, cfg, run, reporter, "pretrain")
-    model.cpu()
-    ckpt = Checkpoint.from_model(
-        model,
-        arch=cfg.arch,
-        arch_kwargs=cfg.arch_options,
-        input=vars(ds.input),
-        dataset=cfg.dataset,
-        config=configs.as_dict(cfg),
-        parent="",
-    )
-    path = finish(
-        ckpt,
-        ds,
-        cfg,
-        run,
-        reporter,
-        "checkpoint.safetensors",
-        {"command": "pretrain"},
-    )
-    return Result("checkpoint", path, "dense", 1.0, None, ckpt.meta["metrics"])
+    done = claim(run, config, force, "checkpoint.safetensors", reporter)
+    if done is not None:  # finished by an identical command while this one set up
+        return reused("checkpoint", done, Checkpoint)
+    try:
+        train_stages(model, method, ds, cfg, run, reporter, "pretrain")
+        model.cpu()
+        ckpt = Checkpoint.from_model(
+            model,
+            arch=cfg.arch,
+            arch_kwargs=cfg.arch_options,
+            input=vars(ds.input),
+            dataset=cfg.dataset,
+            config=configs.as_dict(cfg),
+            parent="",
+        )
+        path = finish(
+            ckpt,
+            ds,
+            cfg,
+            run,
+            reporter,
+            "checkpoint.safetensors",
+            {"command": "pretrain"},
+        )
+        return Result("checkpoint", path, "dense", 1.0, None, ckpt.meta["metrics"])
+    finally:
+        run.release()

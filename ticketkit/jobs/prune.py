@@ -74,27 +74,33 @@ def prune(
     if cfg.learn_bn and not norm_parameters(model):
         raise UsageError(
             f"--learn-bn: arch '{cfg.arch}' as configured has no affine normalisation layers"
+            + _option_adding_norms(cfg, ds)
         )
     ready(method, model, ds, cfg)
-    claim(run, config, force)
-    init = {"scheme": cfg.init, "scale": cfg.init_scale, "seed": cfg.seed} if not parent else {}
-    stopped = None
-    if method.trains:
-        stopped = train_stages(model, method, ds, cfg, run, reporter, "prune")
-    method.finish(model)
-    meta = {
-        "arch": cfg.arch,
-        "arch_kwargs": cfg.arch_options,
-        "method": cfg.method,
-        "method_options": cfg.options,
-        "k": cfg.k,
-        "scope": cfg.scope,
-        "granularity": cfg.granularity,
-        "command": "prune",
-        "init": init,
-        **({"stopped": stopped} if stopped else {}),
-    }
-    return write_ticket(model, ds, cfg, run, reporter, parent=cfg.input, meta=meta)
+    done = claim(run, config, force, "ticket.safetensors", reporter)
+    if done is not None:  # finished by an identical command while this one set up
+        return reused("ticket", done, Ticket)
+    try:
+        init = {"scheme": cfg.init, "scale": cfg.init_scale, "seed": cfg.seed} if not parent else {}
+        stopped = None
+        if method.trains:
+            stopped = train_stages(model, method, ds, cfg, run, reporter, "prune")
+        method.finish(model)
+        meta = {
+            "arch": cfg.arch,
+            "arch_kwargs": cfg.arch_options,
+            "method": cfg.method,
+            "method_options": cfg.options,
+            "k": cfg.k,
+            "scope": cfg.scope,
+            "granularity": cfg.granularity,
+            "command": "prune",
+            "init": init,
+            **({"stopped": stopped} if stopped else {}),
+        }
+        return write_ticket(model, ds, cfg, run, reporter, parent=cfg.input, meta=meta)
+    finally:
+        run.release()
 
 
 def _prune_input(cfg: configs.PruneConfig, method: Method) -> Checkpoint | None:
@@ -120,6 +126,24 @@ def _prune_input(cfg: configs.PruneConfig, method: Method) -> Checkpoint | None:
     get_initializer(cfg.init)  # unknown names fail before any work
     cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, method.arch_options(), cfg.method)
     return None
+
+
+def _option_adding_norms(cfg: configs.PruneConfig, ds: Dataset) -> str:
+    """ "; --binary-act adds them" when turning on one of the arch's switched-off boolean
+    options gives the network affine normalisation layers (the conv nets and the mlp have
+    BatchNorm only in their binary-activation variant), else "". Found by building the
+    variants rather than from a list, so a plugin arch gets the same hint."""
+    for key, value in cfg.arch_options.items():
+        if value is not False:
+            continue
+        try:
+            variant = build_model(cfg.arch, ds.input, **{**cfg.arch_options, key: True})  # type: ignore[arg-type]
+        except UsageError:
+            continue
+        if norm_parameters(variant):
+            flag = "--binary-act" if key == "binary_act" else f"-A {key}=true"
+            return f"; {flag} adds them"
+    return ""
 
 
 def _random_network(cfg: configs.PruneConfig, ds: Dataset) -> torch.nn.Module:

@@ -57,6 +57,12 @@ class TrainConfig:
         ):
             if count < 0:
                 raise UsageError(f"{flag} must be >= 0, got {count}")
+        if self.warmup and self.warmup >= self.epochs:
+            # the schedule would never start: every epoch would be a warm-up epoch
+            raise UsageError(
+                f"--warmup {self.warmup} must be shorter than --epochs {self.epochs} "
+                "(epochs of warm-up before the schedule)"
+            )
         if self.batch_size <= 0:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
         for flag, value in (("--lr", self.lr), ("--momentum", self.momentum)):
@@ -162,6 +168,70 @@ class PruneConfig(TrainConfig):
             raise UsageError(f"--init-scale must be scaled or unscaled; got '{self.init_scale}'")
 
 
+@dataclass
+class FindTicketConfig(TrainConfig):
+    """`ticketkit find-ticket`: a lottery ticket by iterative pruning (IMP), one stage per level.
+
+    `k` is optional: a method may end its levels on its own options instead (IMP's --levels).
+    No `init_scale`: the weights train, so the init is the plain one the references use.
+    """
+
+    method: str | None = None
+    arch: str | None = None
+    arch_options: dict = field(default_factory=dict)
+    k: float | None = None
+    scope: str | None = None  # None: the method's default (global for imp)
+    options: dict = field(default_factory=dict)
+    init: str | None = None
+    dense_first: bool = False
+    dense_last: bool = False
+
+    def validate(self) -> None:
+        from ticketkit.masks.rules import SCOPES
+
+        super().validate()
+        if self.method is None:
+            raise UsageError("no method given: pass --method (e.g. --method imp)")
+        if self.arch is None:
+            raise UsageError("no arch given: pass --arch")
+        if self.k is not None:
+            check_k(self.k)
+        if self.scope is not None and self.scope not in SCOPES:
+            raise UsageError(f"--scope must be one of {', '.join(SCOPES)}; got '{self.scope}'")
+
+
+@dataclass
+class RewireConfig(TrainConfig):
+    """`ticketkit rewire`: sparse training from a random init, masks updated by the method.
+
+    No `init_scale`: the weights train, so the plain fan-in init (as the DSR and RigL code).
+    """
+
+    method: str | None = None
+    arch: str | None = None
+    arch_options: dict = field(default_factory=dict)
+    k: float | None = None
+    density: str = "uniform"
+    options: dict = field(default_factory=dict)
+    init: str | None = None
+    dense_first: bool = False
+    dense_last: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        for key, flag in (("method", "--method"), ("arch", "--arch"), ("k", "--k")):
+            if getattr(self, key) is None:
+                raise UsageError(f"no {key} given: pass {flag}")
+        check_k(self.k)  # type: ignore[arg-type]
+        if self.density not in DENSITIES:
+            raise UsageError(
+                f"--density must be one of {', '.join(DENSITIES)}; got '{self.density}'"
+            )
+
+
+DENSITIES = ("uniform", "erk")
+
+
 def check_k(k: float) -> None:
     if not 0 < k <= 1:
         raise UsageError(f"--k is the fraction of weights kept and must be in (0, 1]; got {k}")
@@ -251,8 +321,10 @@ def resolve(
                     _coerce(item, typing.get_args(tp)[0], f"config key '{key}'") for item in value
                 ]
             typed[key] = value
-        else:
-            typed[key] = _coerce(value, tp, f"config key '{key}'")
+        else:  # _coerce also refuses NaN and inf, which would pass every range check
+            given = cli.get(key) is not None  # the command line won: name its flag
+            where = f"--{key.replace('_', '-')}" if given else f"config key '{key}'"
+            typed[key] = _coerce(value, tp, where)
     cfg = cls(**typed)
     cfg.validate()
     return cfg

@@ -24,6 +24,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ticketkit.errors import UsageError
+from ticketkit.runs import lock
 
 CHECKPOINT_FORMAT = "ticketkit.trainer-state/1"  # resumable training state, not an artifact
 _UMASK = os.umask(0)
@@ -35,9 +36,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
     try:
         write(Path(tmp))
+        # mkstemp makes 0600 files, and so does safetensors' `save_file`, which replaces the
+        # file it is given: set the umask's permissions on what was written, before the rename
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -96,19 +99,32 @@ class Run:
         return essential(self.config_path.read_text()) == essential(config_yaml)
 
     def claim(self, config_yaml: str, force: bool) -> None:
-        """Take the directory for this config; refuse to mix two different runs in one place."""
+        """Take the directory for this config: lock it for this process (`runs/lock.py`; held
+        until `release`), and refuse to mix two different runs in one place."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock.acquire(self.root)
+        except OSError as exc:  # --out names a file, or a place that cannot be written
+            raise self._unwritable(exc) from None
         if self.config_path.exists() and not force and not self.matches(config_yaml):
+            self.release()
             raise UsageError(
                 f"{self.root} holds a run with a different config; "
                 f"pick another --name or --out, or pass --force to replace it"
             )
         try:
             atomic_text(self.config_path, config_yaml)
-        except OSError as exc:  # --out names a file, or a place that cannot be written
-            where = "" if str(exc.filename).startswith(str(self.root)) else f"{exc.filename}: "
-            raise UsageError(
-                f"cannot create the run directory {self.root} ({where}{exc.strerror})"
-            ) from None
+        except OSError as exc:
+            self.release()
+            raise self._unwritable(exc) from None
+
+    def release(self) -> None:
+        """Give back the lock `claim` took: the job is over, however it ended."""
+        lock.release(self.root)
+
+    def _unwritable(self, exc: OSError) -> UsageError:
+        where = "" if str(exc.filename).startswith(str(self.root)) else f"{exc.filename}: "
+        return UsageError(f"cannot create the run directory {self.root} ({where}{exc.strerror})")
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl."""

@@ -95,8 +95,15 @@ def load_dataset(name: str, data: str | None = None, subset: int | None = None) 
                     splits = source.read(where)
                     if splits:
                         break
-            if splits:
+            if splits or data:  # --data is the only place looked when it is given
                 break
+        if splits is None and data:
+            # an explicit --data that does not hold the dataset is a mistake to report, not a
+            # reason to fall back on the system copy (while the run records `data: DIR`)
+            raise UsageError(
+                f"--data {data}: dataset '{name}' is not there (looked in {data} and "
+                f"{Path(data) / name}); --data DIR must hold {source.files or 'its files'}"
+            )
         if splits is None:
             splits = _download(source, cache_dir() / name, looked)
     else:

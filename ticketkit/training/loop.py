@@ -247,6 +247,7 @@ def fit(
         for opt in optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * factor
+                group["epoch"] = epoch  # for optimizers with schedules of their own (Bop)
         method.start_epoch(epoch, model)
         model.train()
         reporter.start(f"{label} epoch {epoch + 1}/{stage.epochs}", len(loader))

@@ -1,0 +1,95 @@
+"""`ticketkit rewire`: dynamic sparse training. The network of `--arch` is sparse from its first
+step to its last, weights and masks trained together; the method (static, set, dsr, gmp, ...)
+chooses the initial masks and updates them while training. stdout: the ticket's path (or one
+JSON record); stderr: progress and the ticket's per-layer table.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ticketkit.commands import _common as c
+from ticketkit.runs.config import RewireConfig
+from ticketkit.specs import parse_assignments
+
+
+@c.show_defaults(RewireConfig, width=1.0)
+def rewire(
+    method: Annotated[
+        str | None,
+        typer.Option("--method", "-m", help="sparse training method: static, set, gmp, ..."),
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="architecture (see `ticketkit plugins`)")
+    ] = None,
+    k: Annotated[
+        float | None,
+        typer.Option("--k", help="fraction of prunable weights kept, 0 < k <= 1 (the budget)"),
+    ] = None,
+    density: Annotated[
+        str | None,
+        typer.Option("--density", help="initial per-layer densities: uniform, or erk (RigL's)"),
+    ] = None,
+    dataset: c.Dataset = None,
+    data: c.Data = None,
+    subset: c.Subset = None,
+    init: Annotated[
+        str | None,
+        typer.Option("--init", help="weight init: kaiming-normal, ... (default: the method's)"),
+    ] = None,
+    width: Annotated[
+        float | None, typer.Option("--width", help="width multiplier of the arch")
+    ] = None,
+    dense_first: Annotated[
+        bool | None,
+        typer.Option("--dense-first/--prune-first", help="leave the first layer unpruned"),
+    ] = None,
+    dense_last: Annotated[
+        bool | None,
+        typer.Option("--dense-last/--prune-last", help="leave the last layer unpruned"),
+    ] = None,
+    option: c.Options = None,
+    arch_option: c.ArchOptions = None,
+    epochs: c.Epochs = None,
+    batch_size: c.BatchSize = None,
+    optimizer: c.Optimizer = None,
+    optimizer_option: c.OptimizerOptions = None,
+    role_optimizer: c.RoleOptimizers = None,
+    lr: c.Lr = None,
+    momentum: c.Momentum = None,
+    weight_decay: c.WeightDecay = None,
+    schedule: c.Schedule = None,
+    lr_steps: c.LrSteps = None,
+    lr_gamma: c.LrGamma = None,
+    warmup: c.Warmup = None,
+    seed: c.Seed = None,
+    device: c.Device = None,
+    eval_every: c.EvalEvery = None,
+    name: c.Name = None,
+    out: c.Out = None,
+    config: c.ConfigFile = None,
+    resume: c.Resume = None,
+    force: c.Force = False,
+    json_out: c.Json = False,
+) -> None:
+    """Train a network sparse from the first step (masks rewired by the method); print its
+    ticket's path."""
+    from ticketkit import jobs, registry
+    from ticketkit.runs import config as configs
+
+    arch_options = parse_assignments(arch_option, "--arch-option")
+    if width is not None:
+        arch_options["width"] = width
+    cli = c.config_values(locals(), configs.RewireConfig)
+    cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
+    cli["role_optimizers"] = parse_assignments(role_optimizer, "--role-optimizer") or None
+    cli["options"] = parse_assignments(option, "--option") or None
+    cli["arch_options"] = arch_options or None
+    if resume is not None:
+        cli, config = c.resumed(resume, cli, config, None, configs.RewireConfig, "rewire")
+    cfg = configs.resolve(configs.RewireConfig, cli, config, None, registry.method_defaults)
+    result = jobs.rewire(cfg, c.Progress(), force=force)
+    c.show_layers(result)
+    c.emit(result.record(), json_out)
