@@ -1,0 +1,1 @@
+"""Run directories, configs, checkpoints and the results table."""
