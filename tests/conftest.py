@@ -17,6 +17,18 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 sys.path.insert(0, str(Path(__file__).parent / "plugins" / "contract_plugin"))
 
 
+REPO_RUNS = Path(__file__).resolve().parents[1] / "runs"
+_REPO_RUNS_BEFORE = REPO_RUNS.exists()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every test writes its runs under its tmp_path: a `runs/` left in the checkout by the
+    suite (a command run without --out in the working directory) fails it."""
+    if not _REPO_RUNS_BEFORE and REPO_RUNS.exists():
+        session.exitstatus = 1
+        print(f"\nERROR: the test suite wrote run directories into {REPO_RUNS} (pass --out)")
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -38,7 +38,9 @@ def test_json_record_density_history_reuse_resume_eval_and_finetune(cli, tmp_pat
     evaluated = cli("eval", record["path"], "--json")
     assert evaluated.code == 0, evaluated.err
     assert json.loads(evaluated.out)["metrics"] == record["metrics"]
-    tuned = cli("finetune", record["path"], "--epochs", "1", "--eval-every", "0", "--json")
+    tuned = cli(
+        "finetune", record["path"], "--epochs", "1", "--eval-every", "0", "--out", tmp_path, "--json"
+    )
     assert tuned.code == 0, tuned.err
     assert json.loads(tuned.out)["parent"] == record["path"]
 
