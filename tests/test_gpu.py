@@ -48,3 +48,25 @@ def test_prune_on_cuda_and_load_the_ticket_on_both_devices(tmp_path):
         on_cpu = ticket.build("cpu")(x)
         on_gpu = ticket.build("cuda")(x.cuda()).cpu()
     assert torch.allclose(on_cpu, on_gpu, atol=1e-4)
+
+
+def test_amp_trains_on_cuda_in_bf16_and_loss_scaled_fp16(tmp_path):
+    from ticketkit import jobs
+    from ticketkit.runs.config import PruneConfig, resolve
+
+    for amp in ("bf16", "fp16"):
+        cfg = resolve(
+            PruneConfig,
+            {
+                "method": "biprop",
+                "arch": "mlp",
+                "k": 0.5,
+                "dataset": "digits",
+                "epochs": 2,
+                "device": "cuda",
+                "amp": amp,
+                "out": str(tmp_path / amp),
+            },
+        )
+        result = jobs.prune(cfg)
+        assert result.metrics["test_acc1"] > 60, (amp, result.metrics)

@@ -20,6 +20,7 @@ from ticketkit.hookspecs import hookimpl
 from ticketkit.specs import (
     ArchSpec,
     DatasetSpec,
+    ExporterSpec,
     InitializerSpec,
     MethodSpec,
     NoOptions,
@@ -55,6 +56,7 @@ _LAZY = {
 __all__ = [
     "ArchSpec",
     "DatasetSpec",
+    "ExporterSpec",
     "InitializerSpec",
     "MethodSpec",
     "NoOptions",

@@ -89,12 +89,15 @@ def _interrupted() -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    from ticketkit.commands._common import console
+    from ticketkit.commands._common import console, main_process
     from ticketkit.errors import TicketkitError
 
+    console.quiet = not main_process()  # under torchrun, rank 0 speaks for the job
     try:
         code = app(args=argv, prog_name="ticketkit", standalone_mode=False)
+        _close_process_group(failed=False)
     except TicketkitError as exc:
+        _close_process_group(failed=True)
         console.print(f"Error: {exc}", markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
@@ -131,6 +134,15 @@ def _main(argv: list[str] | None) -> None:
     if code == 130:  # typer >= 0.2x turns a KeyboardInterrupt into exit code 130 itself
         _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _close_process_group(failed: bool) -> None:
+    """Under torchrun: wait for rank 0 after a successful command, then close the group."""
+    if "torch.distributed" not in sys.modules:  # never started: keep torch out of the CLI
+        return
+    from ticketkit.training import distributed
+
+    distributed.abandon() if failed else distributed.finish()
 
 
 def _command_line_errors() -> tuple[type[Exception], ...]:

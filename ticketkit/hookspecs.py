@@ -47,3 +47,8 @@ def ticketkit_register_optimizers(register: Register) -> None:
 @hookspec
 def ticketkit_register_initializers(register: Register) -> None:
     """Register weight initialisations: call `register(InitializerSpec(...))` for each one."""
+
+
+@hookspec
+def ticketkit_register_exporters(register: Register) -> None:
+    """Register `ticketkit export` formats: call `register(ExporterSpec(...))` for each one."""

@@ -113,6 +113,9 @@ class Method:
     default_init: ClassVar[str] = "kaiming-normal"
     default_scope: ClassVar[str] = "layer"
     trains: ClassVar[bool] = True
+    # what --k budgets: "kept" weights (the masks keep k), or "values" (tied weights: every
+    # weight kept, k * n distinct trainable values per layer)
+    budget: ClassVar[str] = "kept"
     ctx: Context
     # attributes that are configuration or rebuilt by `prepare`, never checkpointed
     _not_state: ClassVar[tuple[str, ...]] = ("options", "setup", "ctx", "sparsifier")

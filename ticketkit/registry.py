@@ -31,6 +31,7 @@ from ticketkit.specs import (
     SPEC_TYPES,
     ArchSpec,
     DatasetSpec,
+    ExporterSpec,
     InitializerSpec,
     MethodSpec,
     OptimizerSpec,
@@ -38,7 +39,7 @@ from ticketkit.specs import (
 )
 
 GROUP = "ticketkit"
-KINDS = tuple(SPEC_TYPES)  # methods, archs, datasets, optimizers, initializers
+KINDS = tuple(SPEC_TYPES)  # methods, archs, datasets, optimizers, initializers, exporters
 _SPEC_MARK = f"{hookspecs.hookspec.project_name}_spec"  # the attribute @hookspec sets
 HOOKS = tuple(name for name, f in vars(hookspecs).items() if hasattr(f, _SPEC_MARK))
 BUILTIN = "ticketkit"  # the distribution (and package) of the built-in plugins
@@ -288,6 +289,10 @@ def get_optimizer(name: str) -> OptimizerSpec:
 
 def get_initializer(name: str) -> InitializerSpec:
     return _registry.entry("initializers", name).spec  # type: ignore[return-value]
+
+
+def get_exporter(name: str) -> ExporterSpec:
+    return _registry.entry("exporters", name).spec  # type: ignore[return-value]
 
 
 def names(kind: str) -> list[str]:

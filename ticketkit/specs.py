@@ -123,8 +123,23 @@ class InitializerSpec(Spec):
     kind: typing.ClassVar[str] = "initializers"
 
 
+@dataclass(frozen=True)
+class ExporterSpec(Spec):
+    """A `ticketkit export --format NAME`. The factory is `factory(model, x, ticket, tmp)`: write
+    `model` (the ticket's effective weights as plain parameters) to the path `tmp` and return the
+    logits on `x` of the file read back by its own consumer, which the export compares with the
+    ticket's. `needs`: modules it imports (a missing one is a usage error naming `hint`, the
+    install line); `structured`: its model has the removable channels taken out first."""
+
+    needs: tuple[str, ...] = ()
+    hint: str = ""
+    structured: bool = False
+    kind: typing.ClassVar[str] = "exporters"
+
+
 SPEC_TYPES: dict[str, type[Spec]] = {
-    cls.kind: cls for cls in (MethodSpec, ArchSpec, DatasetSpec, OptimizerSpec, InitializerSpec)
+    cls.kind: cls
+    for cls in (MethodSpec, ArchSpec, DatasetSpec, OptimizerSpec, InitializerSpec, ExporterSpec)
 }
 
 

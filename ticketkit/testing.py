@@ -44,9 +44,13 @@ def prune_config(method: str, out: Path, checkpoint: Path | None = None, **extra
 
 def find_ticket_config(method: str, out: Path, **extra: Any) -> Any:
     """A `find-ticket` config for `method` on the digits MLP (k = 0.3, as `prune_config`)."""
+    from ticketkit.registry import get_method
     from ticketkit.runs.config import FindTicketConfig, resolve
 
     base = {"method": method, "k": 0.3, "dataset": "digits", "batch_size": 64, "out": str(out)}
+    # a method that needs BatchNorm (slimming) names the MLP's options that give it some
+    arch = dict(getattr(get_method(method).load(), "contract_arch_options", {}))
+    base.update({"arch_options": arch} if arch else {})
     return resolve(FindTicketConfig, {**base, "epochs": 2, "arch": "mlp", **extra})
 
 
@@ -80,10 +84,14 @@ def check_finds_ticket(method: str, root: Path, checkpoint: Path | None = None) 
     """The method finds a ticket that keeps exactly k of the weights (per layer at layer
     scope, over the network at global scope) and evaluates from the file alone."""
     from ticketkit.artifacts.ticket import Ticket
+    from ticketkit.registry import get_method
 
     result = _search(method, root / "find", checkpoint)
     ticket = Ticket.read(result.path)
     kept = [(info["kept"], math.prod(info["shape"])) for info in ticket.meta["layers"].values()]
+    if get_method(method).load().budget == "values":  # tied weights: dense masks by design
+        assert all(k == n for k, n in kept), (method, kept)
+        return ticket
     if ticket.meta["scope"] == "global" or ticket.meta["granularity"] != "unstructured":
         total = sum(n for _, n in kept)
         assert sum(k for k, _ in kept) <= total, f"{method}: keeps more weights than it has"

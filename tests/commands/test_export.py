@@ -177,7 +177,7 @@ def test_a_failed_export_leaves_no_partial_file(tmp_path, mlp_ticket, monkeypatc
         tmp.write_bytes(b"half a file")
         raise RuntimeError("disk full")
 
-    monkeypatch.setitem(export._WRITERS, "dense", half_written)
+    monkeypatch.setattr(export, "_dense", half_written)  # what the dense ExporterSpec loads
     with pytest.raises(RuntimeError, match="disk full"):
         export.export(Ticket.read(mlp_ticket), "dense", tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []

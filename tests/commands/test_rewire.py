@@ -39,7 +39,15 @@ def test_json_record_density_history_reuse_resume_eval_and_finetune(cli, tmp_pat
     assert evaluated.code == 0, evaluated.err
     assert json.loads(evaluated.out)["metrics"] == record["metrics"]
     tuned = cli(
-        "finetune", record["path"], "--epochs", "1", "--eval-every", "0", "--out", tmp_path, "--json"
+        "finetune",
+        record["path"],
+        "--epochs",
+        "1",
+        "--eval-every",
+        "0",
+        "--out",
+        tmp_path,
+        "--json",
     )
     assert tuned.code == 0, tuned.err
     assert json.loads(tuned.out)["parent"] == record["path"]

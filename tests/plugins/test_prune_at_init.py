@@ -97,6 +97,11 @@ def test_iterative_synflow_avoids_the_layer_collapse_of_global_magnitude():
     top[flat.topk(kept_count(flat.numel(), k)).indices] = True
     magnitude_kept = [int(part.sum()) for part in top.split([w.numel() for w in weights])]
     assert 0 in magnitude_kept, magnitude_kept
+    at_init = method("magnitude-init", k, spec)  # the method keeps exactly those weights
+    at_init.prepare(model)
+    assert [int(layer.mask.sum()) for layer in masked_layers(model)] == magnitude_kept
+    model = build_model("conv4", spec)
+    init_weights(model, "kaiming-normal", seed=0)
 
     m = method("synflow", k, spec)
     m.prepare(model)
@@ -173,7 +178,7 @@ def test_grasp_scores_are_w_times_hessian_gradient_at_temperature_200():
     assert expected[kept].min() >= expected[~kept].max()
 
 
-@pytest.mark.parametrize("name", ["snip", "grasp", "synflow", "random"])
+@pytest.mark.parametrize("name", ["snip", "grasp", "synflow", "random", "magnitude-init"])
 def test_method_finds_a_ticket_and_resumes_exactly(name, tmp_path):
     check_method(name, tmp_path)
 

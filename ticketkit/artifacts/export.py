@@ -1,4 +1,4 @@
-"""Export a ticket to a file that runs without ticketkit: `dense`, `onnx` or `pt2`.
+"""Export a ticket to a file that runs without ticketkit: `dense`, `onnx`, `pt2`, `structured`.
 
 Every format starts from the same network: the ticket rebuilt by `Ticket.build`, whose weights
 are the ticket's *effective* weights (zeros where pruned, `alpha * sign` for binary layers)
@@ -6,12 +6,14 @@ stored as plain parameters under the arch's own names, with no parametrization l
 is written to a temporary name, read back with the consumer's own loader (safetensors +
 `load_state_dict`, onnxruntime, `torch.export.load`) and compared with the ticket's logits on
 a fixed batch before it is renamed into place: the recorded difference is the exported file's,
-not the in-memory model's, and a failed export leaves nothing behind.
+not the in-memory model's, and a failed export leaves nothing behind. `structured` (and
+`onnx --structured`) first removes the channels that cannot change a logit (structured.py).
+Formats are plugins (`ticketkit_register_exporters`, `ExporterSpec`); the built-in writers below
+are registered by `ticketkit.plugins.exporters`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,9 @@ from torch import nn
 from ticketkit.artifacts.ticket import Ticket
 from ticketkit.errors import UsageError, did_you_mean
 from ticketkit.runs.directory import atomic_write
+from ticketkit.specs import ExporterSpec
 
-FORMATS = ("dense", "onnx", "pt2")
-ONNX_HINT = "pip install 'ticketkit[onnx]'"
+TOLERANCE = 1e-4  # max |logit difference| a structured export may have: beyond it is a bug
 BATCH = 16  # the fixed batch of the logit check: seeded noise, so no dataset is needed
 
 
@@ -38,9 +40,13 @@ class Exported:
     params_total: int
     params_nonzero: int
     max_abs_diff: float
+    # structured exports only: the dense network's parameter count, what went, and why not more
+    params_before: int | None = None
+    channels_removed: dict[str, int] | None = None
+    note: str | None = None
 
     def record(self) -> dict[str, Any]:
-        return {"kind": "export", **asdict(self)}
+        return {"kind": "export", **{k: v for k, v in asdict(self).items() if v is not None}}
 
 
 def fixed_batch(ticket: Ticket, n: int = BATCH) -> torch.Tensor:
@@ -67,35 +73,68 @@ def check_target(output: str | Path) -> Path:
     return path
 
 
-def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
+def check_format(fmt: str, structured: bool = False) -> ExporterSpec:
+    """Options are checked before the ticket is read: extras missing, combinations refused."""
+    from ticketkit.registry import get_exporter, names
+
+    formats = names("exporters")
+    if fmt not in formats:
         raise UsageError(
-            f"unknown export format '{fmt}'{did_you_mean(fmt, FORMATS)} "
-            f"(formats: {', '.join(FORMATS)})"
+            f"unknown export format '{fmt}'{did_you_mean(fmt, formats)} "
+            f"(formats: {', '.join(formats)})"
         )
-    return fmt
+    spec = get_exporter(fmt)
+    if structured and fmt != "onnx":
+        raise UsageError(
+            "--format structured is already structured; drop --structured"
+            if spec.structured
+            else f"--structured goes with --format onnx; use --format structured, not {fmt}"
+        )
+    _need(spec)
+    if structured:
+        _need(get_exporter("structured"))
+    return spec
 
 
-def export(ticket: Ticket, fmt: str, output: str | Path) -> Exported:
+def _need(spec: ExporterSpec) -> None:
+    """A format's missing modules, said with its install line (`ExporterSpec.needs`)."""
+    import importlib.util
+
+    missing = [m for m in spec.needs if not importlib.util.find_spec(m)]
+    if missing:
+        raise UsageError(f"--format {spec.name} needs {', '.join(missing)}: {spec.hint}")
+
+
+def export(ticket: Ticket, fmt: str, output: str | Path, structured: bool = False) -> Exported:
     """Write `ticket` as `fmt` to `output` atomically and measure the written file's logits."""
-    check_format(fmt)
+    spec = check_format(fmt, structured)
     path = check_target(output)
-    writer = _WRITERS[fmt]
-    if fmt == "onnx":
-        _need_onnx()
+    writer = spec.load()
     model = ticket.build("cpu")
     x = fixed_batch(ticket)
     with torch.no_grad():
         expected = model(x)
+    removal = None
+    if spec.structured or structured:
+        from ticketkit.artifacts.structured import shrink
+
+        removal = shrink(model, x)
     diff: list[float] = []
 
     def write(tmp: Path) -> None:
         got = writer(model, x, ticket, tmp)
         diff.append(float((got - expected).abs().max()))
+        if removal is not None and diff[0] > TOLERANCE:  # removal was meant to be exact
+            raise RuntimeError(f"the structured network's logits differ by {diff[0]:.2e}")
 
     atomic_write(path, write)
     total, nonzero = param_counts(model)
-    return Exported(fmt, str(path), path.stat().st_size, total, nonzero, diff[0])
+    result = Exported(fmt, str(path), path.stat().st_size, total, nonzero, diff[0])
+    if removal is not None:
+        result.params_before = removal.params_before
+        result.channels_removed = removal.channels
+        result.note = removal.note
+    return result
 
 
 # ---- formats: each writes `tmp` and returns the logits of what it wrote, read back -----------
@@ -154,18 +193,3 @@ def _onnx(model: nn.Module, x: torch.Tensor, ticket: Ticket, tmp: Path) -> torch
     name = session.get_inputs()[0].name
     (out,) = session.run(None, {name: x.numpy()})[:1]
     return torch.from_numpy(out)
-
-
-def _need_onnx() -> None:
-    import importlib.util
-
-    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if not importlib.util.find_spec(m)]
-    if missing:
-        raise UsageError(f"--format onnx needs {', '.join(missing)}: {ONNX_HINT}")
-
-
-_WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, Ticket, Path], torch.Tensor]] = {
-    "dense": _dense,
-    "onnx": _onnx,
-    "pt2": _pt2,
-}

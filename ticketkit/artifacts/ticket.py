@@ -4,7 +4,9 @@ Per prunable layer `L`:
   `L.mask`   uint8, mask bits packed 8 per byte, row-major, little-endian bit order;
   `L.sign`   uint8, packed sign bits (1 = positive) of the kept weights only, in mask order;
   `L.alpha`  float32 scale, a scalar or one per output channel          (sign layers);
-  `L.values` float32 kept weights, in mask order                         (value layers).
+  `L.values` float32 kept weights, in mask order                         (value layers);
+  `L.sign` alone where the kept weights are +-|W0|, W0 regenerated from the ticket's `init`
+  record (`weights: init-seed`, Peek-a-Boo's sign-trained tickets; artifacts/init_seed.py).
 Everything else the network needs (biases, BatchNorm statistics, dense layers) is stored as
 `state.<name>`. A layer is stored as signs exactly when its kept weights are +-alpha, which is
 detected from the weights themselves, so the encoding is always lossless: a binary ticket costs
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from ticketkit.artifacts.bundle import KINDS, Bundle, Checkpoint, open_artifact
+from ticketkit.artifacts.init_seed import DIGEST, LazyInit, digest, matches
 from ticketkit.errors import UsageError
 from ticketkit.masks.sparsifier import sparsifier_of
 
@@ -70,6 +73,7 @@ class Ticket(Bundle):
         tensors: dict[str, torch.Tensor] = {}
         layers: dict[str, Any] = {}
         masked = set()
+        init = LazyInit(meta, [layer.path for layer in sparsifier.layers])
         with torch.no_grad():
             for layer in sparsifier.layers:
                 mask = layer.mask.detach().cpu() != 0
@@ -77,15 +81,21 @@ class Ticket(Bundle):
                 kept = weight[mask]
                 tensors[f"{layer.path}.mask"] = pack_bits(mask)
                 alpha = _sign_scale(kept, mask)
+                w0 = None if alpha is not None else init.get(layer.path)
+                kind = "sign" if alpha is not None else "values"
                 if alpha is not None:
                     tensors[f"{layer.path}.sign"] = pack_bits(kept > 0)
                     tensors[f"{layer.path}.alpha"] = alpha.float().contiguous()
+                elif w0 is not None and matches(kept, mask, w0):  # +-|W0|: init_seed.py
+                    tensors[f"{layer.path}.sign"] = pack_bits(kept > 0)
+                    kind = "init-seed"
                 else:
                     tensors[f"{layer.path}.values"] = kept.contiguous()
                 layers[layer.path] = {
                     "shape": list(layer.shape),
                     "kept": int(mask.sum()),
-                    "weights": "sign" if alpha is not None else "values",
+                    "weights": kind,
+                    **({DIGEST: digest(kept.abs())} if kind == "init-seed" else {}),
                 }
                 masked.add(layer.path)
             for name, value in model.state_dict().items():
@@ -109,6 +119,7 @@ class Ticket(Bundle):
     def weights(self) -> dict[str, torch.Tensor]:
         """Layer path -> dense weight (zeros where pruned)."""
         out = {}
+        init = LazyInit(self.meta, list(self.meta["layers"]))
         for path, mask in self.masks().items():
             kept = int(mask.sum())
             if kept != self.meta["layers"][path]["kept"]:
@@ -119,6 +130,8 @@ class Ticket(Bundle):
             w = torch.zeros(mask.shape, dtype=torch.float32)
             if f"{path}.values" in self.tensors:
                 w[mask] = self.tensors[f"{path}.values"].float()
+            elif self.meta["layers"][path]["weights"] == "init-seed":
+                w[mask] = self._init_seed_weights(path, mask, init)
             else:
                 signs = unpack_bits(self.tensors[f"{path}.sign"], kept).float() * 2 - 1
                 alpha = self.tensors[f"{path}.alpha"].float()
@@ -129,6 +142,20 @@ class Ticket(Bundle):
                 w[mask] = signs * alpha
             out[path] = w
         return out
+
+    def _init_seed_weights(self, path: str, mask: torch.Tensor, init: LazyInit) -> torch.Tensor:
+        """Sign bits times |W0| regenerated from the init record, checked by its digest."""
+        w0 = init.get(path)
+        if w0 is None or w0.shape != mask.shape:
+            raise UsageError(f"ticket layer {path}: stored as init-seed, but no usable init record")
+        mags = w0[mask]
+        if digest(mags) != self.meta["layers"][path].get(DIGEST):
+            raise UsageError(
+                f"ticket layer {path}: |W0| regenerated from init {self.meta['init']} differs "
+                f"from the saved one (made with torch {self.meta.get('torch_version', '?')})"
+            )
+        signs = unpack_bits(self.tensors[f"{path}.sign"], int(mask.sum())).float() * 2 - 1
+        return signs * mags
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
         """Rebuild the architecture from the registry and load the ticket into it."""

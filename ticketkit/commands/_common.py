@@ -9,6 +9,7 @@ otherwise a plain line is printed every 15 seconds.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -111,6 +112,12 @@ Seed = Annotated[
 ]
 Device = Annotated[
     str | None, typer.Option("--device", help="auto (cuda if present), cpu, cuda, cuda:N")
+]
+Amp = Annotated[
+    str | None,
+    typer.Option(
+        "--amp", help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling)"
+    ),
 ]
 Name = Annotated[
     str | None,
@@ -272,8 +279,16 @@ def resumed(
     return continued, str(saved)
 
 
+def main_process() -> bool:
+    """False on torchrun's ranks other than 0, which neither print nor write (read from the
+    environment, as ticketkit.training.distributed does, to keep torch out of the CLI)."""
+    return os.environ.get("WORLD_SIZE", "1") in ("", "1") or os.environ.get("RANK") in ("", "0")
+
+
 def emit(record: dict[str, Any], as_json: bool) -> None:
-    """The one thing a command writes to stdout."""
+    """The one thing a command writes to stdout (rank 0's, under torchrun)."""
+    if not main_process():
+        return
     if as_json:
         sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
     else:
@@ -322,7 +337,7 @@ def layer_table(layers: dict[str, dict[str, Any]], title: str = "layers") -> Tab
             n *= d
         frac = info["kept"] / n if n else 0.0
         bar = "█" * round(frac * 20) + "·" * (20 - round(frac * 20))
-        bits = n + (info["kept"] if info["weights"] == "sign" else 32 * info["kept"])
+        bits = n + (info["kept"] if info["weights"] != "values" else 32 * info["kept"])
         table.add_row(
             path, "x".join(map(str, info["shape"])), f"{100 * frac:.1f}%", bar, f"{bits:,}"
         )

@@ -15,7 +15,14 @@ Format = Annotated[
         "--format",
         "-f",
         help="dense (safetensors state_dict), onnx (needs ticketkit\\[onnx]), "
-        "pt2 (torch.export program)",
+        "pt2 (torch.export program), structured (pt2 with empty channels removed; "
+        "needs ticketkit\\[structured]); plugins may add more (`ticketkit plugins`)",
+    ),
+]
+Structured = Annotated[
+    bool,
+    typer.Option(
+        "--structured", help="with --format onnx: the network with empty channels removed"
     ),
 ]
 Output = Annotated[
@@ -27,6 +34,7 @@ def export(
     output: Output,
     artifact: c.Input = None,
     fmt: Format = "dense",
+    structured: Structured = False,
     json_out: c.Json = False,
 ) -> None:
     """Export a ticket's effective weights to a file that loads without ticketkit."""
@@ -34,17 +42,23 @@ def export(
     from ticketkit.artifacts.export import export as run_export
     from ticketkit.artifacts.ticket import Ticket
 
-    check_format(fmt)  # bad options are said before stdin is read or the ticket loaded
+    check_format(fmt, structured)  # bad options are said before stdin is read or a ticket loaded
     check_target(output)
     ticket = Ticket.read(c.read_input(artifact, "ticket"))
-    result = run_export(ticket, fmt, output)
+    result = run_export(ticket, fmt, output, structured)
+    smaller = ""
+    if result.params_before is not None:
+        gone = sum((result.channels_removed or {}).values())
+        smaller = f" ({gone:,} channels removed; {result.params_before:,} before)"
     c.console.print(
         f"{result.format}: {result.bytes:,} bytes, {result.params_nonzero:,} of "
-        f"{result.params_total:,} parameters non-zero, max |logit difference| "
+        f"{result.params_total:,} parameters non-zero{smaller}, max |logit difference| "
         f"{result.max_abs_diff:.2e} against the ticket",
         markup=False,
         soft_wrap=True,
     )
+    if result.note:
+        c.console.print(f"note: {result.note}", markup=False, soft_wrap=True)
     c.emit(result.record(), json_out)
 
 
@@ -75,12 +89,21 @@ def show_efficiency(bundle: object, path: str) -> dict:
 
     params, size, flops, lat = (report[k] for k in ("params", "bytes", "flops", "latency_ms"))
     row("parameters (non-zero)", params["total"], params["nonzero"])
+    if "structured" in params:
+        row("parameters (structured export)", params["total"], params["structured"])
     row("bytes on disk (fp32 vs file)", size["dense_fp32"], size["file"])
     row("FLOPs / image (kept weights)", flops["dense"], flops["kept"])
     if "masked" in lat:
         row(f"CPU ms / batch {lat['batch']} (masked)", lat["dense_export"], lat["masked"], "{:.3f}")
     else:
         table.add_row(f"CPU ms / batch {lat['batch']}", f"{lat['dense_export']:.3f}", "-", "-")
+    if "structured_export" in lat:
+        row(
+            f"CPU ms / batch {lat['batch']} (structured)",
+            lat["dense_export"],
+            lat["structured_export"],
+            "{:.3f}",
+        )
     c.console.print(table)
     c.console.print(
         f"Latency: median of {lat['runs']} forward passes on {lat['threads']} CPU threads; "

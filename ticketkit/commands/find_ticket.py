@@ -20,14 +20,14 @@ from ticketkit.specs import parse_assignments
 def find_ticket(
     method: Annotated[
         str | None,
-        typer.Option("--method", "-m", help="ticket search method: imp (`ticketkit plugins`)"),
+        typer.Option("--method", "-m", help="imp or slimming (`ticketkit plugins`)"),
     ] = None,
     arch: Annotated[
         str | None, typer.Option("--arch", help="architecture (see `ticketkit plugins`)")
     ] = None,
     k: Annotated[
         float | None,
-        typer.Option("--k", help="fraction of prunable weights the final ticket keeps, 0 < k <= 1"),
+        typer.Option("--k", help="kept fraction of weights (slimming: channels), 0 < k <= 1"),
     ] = None,
     rate: Annotated[
         float | None,
@@ -109,6 +109,7 @@ def find_ticket(
     warmup: c.Warmup = None,
     seed: c.Seed = None,
     device: c.Device = None,
+    amp: c.Amp = None,
     eval_every: c.EvalEvery = None,
     name: c.Name = None,
     out: c.Out = None,

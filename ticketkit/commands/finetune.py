@@ -25,6 +25,22 @@ def finetune(
     optimizer: c.Optimizer = None,
     optimizer_option: c.OptimizerOptions = None,
     role_optimizer: c.RoleOptimizers = None,
+    psg: Annotated[
+        bool | None,
+        typer.Option(
+            "--psg/--no-psg",
+            help="predictive sign gradient backward (Peek-a-Boo): an emulation of low-precision "
+            "hardware that saves no time",
+        ),
+    ] = None,
+    psg_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--psg-option",
+            help="PSG setting name=value: msb-bits (8), msb-bits-grad (16), threshold (1e-7), "
+            "sign (false)",
+        ),
+    ] = None,
     lr: c.Lr = None,
     momentum: c.Momentum = None,
     weight_decay: c.WeightDecay = None,
@@ -34,6 +50,7 @@ def finetune(
     warmup: c.Warmup = None,
     seed: c.Seed = None,
     device: c.Device = None,
+    amp: c.Amp = None,
     eval_every: c.EvalEvery = None,
     name: c.Name = None,
     out: c.Out = None,
@@ -49,6 +66,7 @@ def finetune(
     cli = c.config_values(locals(), configs.FinetuneConfig)
     cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
     cli["role_optimizers"] = parse_assignments(role_optimizer, "--role-optimizer") or None
+    cli["psg_options"] = parse_assignments(psg_option, "--psg-option") or None
     if resume is not None:
         cli, config = c.resumed(resume, cli, config, None, configs.FinetuneConfig, "finetune")
     cfg = configs.resolve(

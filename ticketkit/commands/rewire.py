@@ -66,6 +66,7 @@ def rewire(
     warmup: c.Warmup = None,
     seed: c.Seed = None,
     device: c.Device = None,
+    amp: c.Amp = None,
     eval_every: c.EvalEvery = None,
     name: c.Name = None,
     out: c.Out = None,

@@ -58,7 +58,11 @@ def runs(
     if plot is not None:
         figure = plots.plot(listed, plot)
         labels = figure.axes[0].get_legend_handles_labels()[1]
-        c.console.print(f"plot: {plot} ({len(labels)} series: {', '.join(labels)})", markup=False)
+        c.console.print(
+            f"plot: {plot} ({len(labels)} series: {', '.join(labels)})",
+            markup=False,
+            soft_wrap=True,
+        )
     if json_out:
         sys.stdout.write(json.dumps(listed, indent=1, default=str) + "\n")
         sys.stdout.flush()

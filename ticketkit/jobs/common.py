@@ -14,6 +14,7 @@ from ticketkit.artifacts.bundle import Bundle
 from ticketkit.artifacts.ticket import Ticket
 from ticketkit.runs import config as configs
 from ticketkit.runs.directory import Run
+from ticketkit.training import distributed
 from ticketkit.training.data import Dataset, load_dataset, load_for
 from ticketkit.training.loop import (
     Reporter,
@@ -83,7 +84,14 @@ def claim(
     identical command started meanwhile is refused with the holder's name. That command may
     also arrive just after this one finished: with `artifact`, the finished artifact found
     once the lock is held is returned (and the lock given back) instead of training again.
+    Under torchrun rank 0 alone claims; every rank gets its answer (`distributed.on_main`).
     """
+    return distributed.on_main(lambda: _claim(run, config, force, artifact, reporter))
+
+
+def _claim(
+    run: Run, config: str, force: bool, artifact: str | None, reporter: Reporter | None
+) -> Path | None:
     run.claim(config, force)
     if artifact is not None:
         done = finished_run(run, config, artifact, force, reporter or Silent())

@@ -89,6 +89,7 @@ def find_ticket(
     result = TicketSearch(**vars(reused("ticket", done, Ticket)), levels=levels_of(run))
     if not (run.root / "summary.json").exists():  # stopped between the ticket and the summary
         write_summary(cfg, run, result)
+        write_plot(cfg, run, result.levels, reporter)
     return result
 
 
@@ -111,7 +112,7 @@ def _search(
         "method_options": cfg.options,
         "k": cfg.k if cfg.k is not None else round(kept / total, 6),  # as asked, else as found
         "scope": cfg.scope,
-        "granularity": "unstructured",
+        "granularity": getattr(method, "ticket_granularity", "unstructured"),  # slimming: filter
         "command": PHASE,
         "init": {"scheme": cfg.init, "scale": "unscaled", "seed": cfg.seed},
         **({"stopped": stopped} if stopped else {}),
@@ -119,7 +120,21 @@ def _search(
     result = write_ticket(model, ds, cfg, run, reporter, parent=None, meta=meta)
     search = TicketSearch(**vars(result), levels=levels_of(run))
     write_summary(cfg, run, search)
+    write_plot(cfg, run, search.levels, reporter)
     return search
+
+
+def write_plot(
+    cfg: configs.FindTicketConfig, run: Run, levels: list[dict[str, Any]], reporter: Reporter
+) -> None:
+    """`summary.png` beside `summary.json`: the search at a glance; a line on stderr when it
+    cannot be drawn (no matplotlib), never a failed search."""
+    from ticketkit.runs.search_plot import write_search_plot
+
+    title = f"{cfg.method} {cfg.arch} {cfg.dataset}"
+    _, why = write_search_plot(levels, run.root / "summary.png", title)
+    if why:
+        reporter.note(why)
 
 
 def write_summary(cfg: configs.FindTicketConfig, run: Run, result: TicketSearch) -> Path:

@@ -73,6 +73,11 @@ def finetune(
     model = parent.build("cpu").train()
     method = Finetune(parent.masks(), Setup(k=k, epochs=cfg.epochs, seed=cfg.seed))
     ready(method, model, ds, cfg)
+    if cfg.psg:  # after the masks: the masked layers' backward becomes PSG's
+        from ticketkit.training.psg import attach_psg, psg_options
+
+        layers = [(layer.path, layer.module) for layer in masked_layers(model)]
+        attach_psg(layers, psg_options(cfg.psg_options))
     done = claim(run, config, force, "ticket.safetensors", reporter)
     if done is not None:  # finished by an identical command while this one set up
         return reused("ticket", done, Ticket)

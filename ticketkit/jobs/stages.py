@@ -23,6 +23,7 @@ from ticketkit.training.loop import (
     fit,
     resolve_device,
 )
+from ticketkit.training.precision import check as check_amp
 
 
 def ready(method: Method, model: torch.nn.Module, ds: Dataset, cfg: Any) -> None:
@@ -30,6 +31,7 @@ def ready(method: Method, model: torch.nn.Module, ds: Dataset, cfg: Any) -> None
     all before the run directory is claimed, so a method or optimizer that cannot start
     leaves nothing behind."""
     bind(method, ds, cfg)
+    check_amp(getattr(cfg, "amp", None), resolve_device(cfg.device), method)  # fp16: its step
     method.prepare(model)
     if method.trains:
         method.optimizers(model, OptimizerFactory(cfg))

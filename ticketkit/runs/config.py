@@ -45,6 +45,7 @@ class TrainConfig:
     warmup: int = 0
     seed: int = 0
     device: str = "auto"
+    amp: str | None = None  # bf16 | fp16 (training/precision.py)
     eval_every: int = 1
     out: str = "runs"
     name: str | None = None
@@ -78,7 +79,9 @@ class TrainConfig:
         from ticketkit.training.loop import resolve_device
 
         # before any work (a run directory, the dataset): the device, the optimizer's options
-        resolve_device(self.device)
+        from ticketkit.training.precision import check as check_amp
+
+        check_amp(self.amp, resolve_device(self.device))
         get_optimizer(self.optimizer).make_options(self.optimizer_options)
         from ticketkit.plugin import ROLES
 
@@ -130,6 +133,16 @@ class FinetuneConfig(TrainConfig):
     input: str | None = None  # the ticket to fine-tune
     k: float | None = None  # if given, must equal the ticket's
     lr: float = 0.01
+    psg: bool = False  # the predictive-sign-gradient backward (an emulation: training/psg.py)
+    psg_options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.psg_options and not self.psg:
+            raise UsageError("--psg-option is given without --psg")
+        from ticketkit.training.psg import psg_options
+
+        psg_options(self.psg_options)
 
 
 @dataclass

@@ -24,7 +24,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ticketkit.errors import UsageError
-from ticketkit.runs import lock
+from ticketkit.runs import lock, tensorboard
+from ticketkit.training import distributed
 
 CHECKPOINT_FORMAT = "ticketkit.trainer-state/1"  # resumable training state, not an artifact
 _UMASK = os.umask(0)
@@ -32,7 +33,10 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` for a temporary file next to `path`, then rename it into place."""
+    """Call `write(tmp)` for a temporary file next to `path`, then rename it into place.
+    Under torchrun only rank 0 writes (the others hold the same state)."""
+    if not distributed.is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -120,6 +124,8 @@ class Run:
 
     def release(self) -> None:
         """Give back the lock `claim` took: the job is over, however it ended."""
+        if not distributed.is_main():  # only rank 0 claims (jobs.common.claim)
+            return
         lock.release(self.root)
 
     def _unwritable(self, exc: OSError) -> UsageError:
@@ -127,10 +133,13 @@ class Run:
         return UsageError(f"cannot create the run directory {self.root} ({where}{exc.strerror})")
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to metrics.jsonl."""
+        """Append one JSON line to metrics.jsonl (rank 0's, under torchrun)."""
+        if not distributed.is_main():
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+        tensorboard.log(self.root, record)  # when tensorboard is installed
 
     def append_result(self, row: dict[str, Any]) -> None:
         """Add a row to the shared `<out>/results.csv` (rewritten atomically). The new row's

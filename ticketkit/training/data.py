@@ -24,6 +24,7 @@ from ticketkit.errors import UsageError
 from ticketkit.inputs import InputSpec, Split
 from ticketkit.plugin import DatasetSource
 from ticketkit.registry import get_dataset
+from ticketkit.training import distributed
 
 SYSTEM_DIR = Path("/usr/share/datasets")
 EVAL_BATCH = 500  # fixed, so evaluation is bit-identical between training and `eval`
@@ -176,6 +177,9 @@ class Loader:
         if batch_size <= 0:
             raise UsageError(f"--batch-size must be positive, got {batch_size}")
         self.split, self.batch_size, self.train, self.seed = split, batch_size, train, seed
+        self.sharded = train and distributed.active()  # under torchrun: this rank's share
+        if self.sharded:
+            distributed.check_batch(batch_size)
         self.device = torch.device(device)
         self.augment = ds.augment if train else "none"
         channels = split.images.shape[1]
@@ -183,12 +187,18 @@ class Loader:
         self.std = torch.tensor(ds.std, device=self.device).view(1, channels, 1, 1) * 255
 
     def __len__(self) -> int:
+        if self.sharded:
+            return distributed.steps(len(self.split), self.batch_size)
         return -(-len(self.split) // self.batch_size)
 
     def batches(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=gen) if self.train else None
+        if self.sharded:
+            assert order is not None
+            yield from self._shares(order, gen)
+            return
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size] if order is not None else None
             images = (
@@ -203,9 +213,27 @@ class Loader:
             )
             if self.augment == "crop-flip":
                 images = crop_flip(images, gen)
-            x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
-            x = x.contiguous(memory_format=torch.channels_last)  # faster convs on CPU and GPU
-            yield x, labels.to(self.device, non_blocking=True)
+            yield self._to_device(images, labels)
+
+    def _shares(
+        self, order: torch.Tensor, gen: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share of each global batch (every WORLD_SIZE-th sample from its rank),
+        augmented as the whole global batch is, so the ranks together see what one process
+        with the same --batch-size would."""
+        rank, world = distributed.rank(), distributed.world_size()
+        for idx in distributed.shard(order, self.batch_size):
+            images, labels = self.split.images[idx], self.split.labels[idx]
+            if self.augment == "crop-flip":
+                images = crop_flip(images, gen)
+            yield self._to_device(images[rank::world], labels[rank::world])
+
+    def _to_device(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+        x = x.contiguous(memory_format=torch.channels_last)  # faster convs on CPU and GPU
+        return x, labels.to(self.device, non_blocking=True)
 
 
 def crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

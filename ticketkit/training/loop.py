@@ -23,7 +23,9 @@ from ticketkit.errors import JobError, UsageError
 from ticketkit.masks.sparsifier import sparsifier_of
 from ticketkit.plugin import Context, Method, Stage
 from ticketkit.registry import get_optimizer
+from ticketkit.training import distributed
 from ticketkit.training.data import EVAL_BATCH, Dataset, Loader, Split
+from ticketkit.training.precision import Precision
 
 
 class Reporter(Protocol):
@@ -45,7 +47,7 @@ class Silent:
 def resolve_device(name: str) -> torch.device:
     """The device named: "auto" is cuda when present, else cpu; anything else must exist."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -54,7 +56,7 @@ def resolve_device(name: str) -> torch.device:
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
+    return distributed.local_device(device)  # under torchrun, each rank's own GPU
 
 
 @cache
@@ -155,6 +157,7 @@ def bind(method: Method, ds: Dataset, cfg: Any) -> None:
     """Give `method` its `Context` (before `prepare`): the input spec, the device, the steps
     per epoch and a way to draw scoring batches that are not training."""
     device = resolve_device(cfg.device)
+    distributed.check_batch(cfg.batch_size)  # under torchrun, before the run is claimed
     loader = Loader(ds, ds.train, cfg.batch_size, train=False, device=device)
 
     def draw(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -239,6 +242,7 @@ def fit(
     loader = Loader(ds, ds.train, cfg.batch_size, train=True, seed=cfg.seed, device=device)
     ctx.steps_per_epoch, ctx.step = len(loader), start * len(loader)
     after_step = type(method).after_step is not Method.after_step  # no call a step if unused
+    precision = Precision(getattr(cfg, "amp", None), device, method)  # --amp
     label = phase if stage.name == "train" else f"{phase} {stage.name}"
     record: dict[str, Any] = {"stopped": stopped} if stopped else {}
     for epoch in range(start, stage.epochs if stopped is None else start):
@@ -254,18 +258,19 @@ def fit(
         seen = 0
         sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss, correct: no syncs
         began = time.perf_counter()
-        for i, batch in enumerate(loader.batches(epoch)):
-            loss, logits = method.train_step(model, batch, optimizers)
-            ctx.step += 1
-            if after_step:
-                method.after_step(model, optimizers)
-            n = batch[1].numel()
-            seen += n
-            sums[0] += loss.double() * n
-            sums[1] += (logits.argmax(1) == batch[1]).sum()
-            reporter.advance(**({"loss": float(loss)} if i % 20 == 0 else {}))
+        with distributed.replicated(model, device):
+            for i, batch in enumerate(loader.batches(epoch)):
+                loss, logits = precision.step(model, batch, optimizers)
+                ctx.step += 1
+                if after_step:
+                    method.after_step(model, optimizers)
+                n = batch[1].numel()
+                seen += n
+                sums[0] += loss.double() * n
+                sums[1] += (logits.argmax(1) == batch[1]).sum()
+                reporter.advance(**({"loss": float(loss)} if i % 20 == 0 else {}))
         reporter.stop()
-        total_loss, correct = sums.tolist()
+        total_loss, correct, seen = distributed.reduce_sums(sums, seen)
         if not math.isfinite(total_loss):
             raise JobError(
                 f"training diverged at epoch {epoch + 1} (loss is {total_loss}); lower --lr"
@@ -275,6 +280,7 @@ def fit(
             raise JobError(
                 f"training diverged at epoch {epoch + 1} ({broken} holds NaN or inf); lower --lr"
             )
+        distributed.check_identical(model, epoch)
         record = {
             "phase": phase,
             **({"stage": stage.name} if stage.name != "train" else {}),

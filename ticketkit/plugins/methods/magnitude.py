@@ -28,3 +28,6 @@ def ticketkit_register_methods(register):
             defaults={"epochs": 0},  # nothing trains: a given --epochs gets a note
         )
     )
+    from ticketkit.plugins.methods.magnitude_init import SPEC  # the at-init twin
+
+    register(SPEC)

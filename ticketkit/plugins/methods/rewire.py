@@ -95,8 +95,17 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 class RewireMethod(WeightMethod):
     """A sparse-training method: exact initial counts, then `update` every `every` steps
-    until epoch `stop`. Subclasses override `initial_counts` (gmp starts dense) and `update`.
-    Every epoch's metrics record gets `density` (per layer) and `kept` (total)."""
+    until epoch `stop`. Every epoch's metrics record gets `density` (per layer) and `kept`.
+
+    A public base (docs/plugins.md), so that plugins (RigL) share the budget conventions of
+    this module's docstring instead of re-deriving them. Override `update(layers, optimizers)`
+    (called under no_grad with `masked_layers(model)`), changing masks only through
+    `set_mask_zeroing`; optionally `initial_counts` (gmp starts dense), `active` (when masks
+    may change) and `default_scope = "global"` (one budget over the network). Options are
+    read from `self.options.every` / `.stop`: subclass `RewireOptions` or declare both.
+    `budgets`, `period` and `grow_random` (drawn on the method's seeded generator, restored
+    on resume) are there to use.
+    """
 
     default_init = "kaiming-normal"
 
