@@ -235,6 +235,41 @@ def config_values(arguments: dict[str, Any], config_class: type) -> dict[str, An
     return {key: value for key, value in arguments.items() if key in keys}
 
 
+def resolve_config(
+    arguments: dict[str, Any],
+    config_class: type,
+    command: str,
+    *,
+    parsed: dict[str, dict[str, Any]] | None = None,
+    preset: str | None = None,
+    method_defaults: bool = False,
+) -> Any:
+    """The command's effective config, from its arguments (pass `locals()`): the typed
+    options, the `-O`/`--role-optimizer` assignments, `parsed` mappings the command built
+    itself (arch options with --width, method options), then --resume, the config file, the
+    preset and, with `method_defaults`, the chosen method's defaults beneath them."""
+    from ticketkit import registry
+    from ticketkit.runs import config as configs
+    from ticketkit.specs import parse_assignments
+
+    cli = config_values(arguments, config_class)
+    given = {
+        "optimizer_options": parse_assignments(
+            arguments.get("optimizer_option"), "--optimizer-option"
+        ),
+        "role_optimizers": parse_assignments(arguments.get("role_optimizer"), "--role-optimizer"),
+        **(parsed or {}),
+    }
+    # an empty mapping is "not given": it must not hide the config file's or the preset's
+    cli.update({key: mapping or None for key, mapping in given.items()})
+    config = arguments.get("config")
+    if arguments.get("resume") is not None:
+        cli, config = resumed(arguments["resume"], cli, config, preset, config_class, command)
+        preset = None
+    beneath = registry.method_defaults if method_defaults else None
+    return configs.resolve(config_class, cli, config, preset, beneath)
+
+
 def resumed(
     resume: Path,
     given: dict[str, Any],

@@ -119,7 +119,7 @@ def find_ticket(
     json_out: c.Json = False,
 ) -> None:
     """Find a lottery ticket by iterative pruning, one ticket per level; print the final one."""
-    from ticketkit import jobs, registry
+    from ticketkit import jobs
     from ticketkit.runs import config as configs
 
     arch_options = parse_assignments(arch_option, "--arch-option")
@@ -138,14 +138,13 @@ def find_ticket(
         "controls": controls,
     }
     options.update({key: value for key, value in shorthand.items() if value is not None})
-    cli = c.config_values(locals(), configs.FindTicketConfig)
-    cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
-    cli["role_optimizers"] = parse_assignments(role_optimizer, "--role-optimizer") or None
-    cli["options"] = options or None
-    cli["arch_options"] = arch_options or None
-    if resume is not None:
-        cli, config = c.resumed(resume, cli, config, None, configs.FindTicketConfig, "find-ticket")
-    cfg = configs.resolve(configs.FindTicketConfig, cli, config, None, registry.method_defaults)
+    cfg = c.resolve_config(
+        locals(),
+        configs.FindTicketConfig,
+        "find-ticket",
+        parsed={"options": options, "arch_options": arch_options},
+        method_defaults=True,
+    )
     result = jobs.find_ticket(cfg, c.Progress(), force=force)
     c.console.print(levels_table(result.levels))
     c.show_layers(result)

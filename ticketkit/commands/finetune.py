@@ -63,15 +63,13 @@ def finetune(
     from ticketkit import jobs
     from ticketkit.runs import config as configs
 
-    cli = c.config_values(locals(), configs.FinetuneConfig)
-    cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
-    cli["role_optimizers"] = parse_assignments(role_optimizer, "--role-optimizer") or None
-    cli["psg_options"] = parse_assignments(psg_option, "--psg-option") or None
-    if resume is not None:
-        cli, config = c.resumed(resume, cli, config, None, configs.FinetuneConfig, "finetune")
-    cfg = configs.resolve(
-        configs.FinetuneConfig, cli, config
-    )  # the shipped presets are prune recipes
+    # no preset: the shipped presets are prune recipes
+    cfg = c.resolve_config(
+        locals(),
+        configs.FinetuneConfig,
+        "finetune",
+        parsed={"psg_options": parse_assignments(psg_option, "--psg-option")},
+    )
     if cfg.k is not None:
         configs.check_k(cfg.k)
     cfg.input = c.read_input(ticket, "ticket", cfg.input)

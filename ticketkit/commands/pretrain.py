@@ -56,14 +56,9 @@ def pretrain(
     arch_options = parse_assignments(arch_option, "--arch-option")
     if width is not None:
         arch_options["width"] = width
-    cli = c.config_values(locals(), configs.PretrainConfig)
-    cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
-    cli["role_optimizers"] = parse_assignments(role_optimizer, "--role-optimizer") or None
-    cli["arch_options"] = arch_options or None
-    if resume is not None:
-        cli, config = c.resumed(resume, cli, config, None, configs.PretrainConfig, "pretrain")
-    cfg = configs.resolve(
-        configs.PretrainConfig, cli, config
-    )  # the shipped presets are prune recipes
+    # no preset: the shipped presets are prune recipes
+    cfg = c.resolve_config(
+        locals(), configs.PretrainConfig, "pretrain", parsed={"arch_options": arch_options}
+    )
     result = jobs.pretrain(cfg, c.Progress(), force=force)
     c.emit(result.record(), json_out)

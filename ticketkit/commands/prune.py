@@ -106,15 +106,14 @@ def prune(
             if value is not None
         }
     )
-    cli = c.config_values(locals(), configs.PruneConfig)
-    cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
-    cli["role_optimizers"] = parse_assignments(role_optimizer, "--role-optimizer") or None
-    cli["options"] = parse_assignments(option, "--option") or None
-    cli["arch_options"] = arch_options or None
-    if resume is not None:
-        cli, config = c.resumed(resume, cli, config, preset, configs.PruneConfig, "prune")
-        preset = None
-    cfg = configs.resolve(configs.PruneConfig, cli, config, preset, registry.method_defaults)
+    cfg = c.resolve_config(
+        locals(),
+        configs.PruneConfig,
+        "prune",
+        parsed={"options": parse_assignments(option, "--option"), "arch_options": arch_options},
+        preset=preset,
+        method_defaults=True,
+    )
     if registry.get_method(cfg.method).load().source == "checkpoint":  # type: ignore[arg-type]
         cfg.input = c.read_input(checkpoint, "dense checkpoint", cfg.input)
     elif checkpoint is not None:

@@ -77,20 +77,19 @@ def rewire(
 ) -> None:
     """Train a network sparse from the first step (masks rewired by the method); print its
     ticket's path."""
-    from ticketkit import jobs, registry
+    from ticketkit import jobs
     from ticketkit.runs import config as configs
 
     arch_options = parse_assignments(arch_option, "--arch-option")
     if width is not None:
         arch_options["width"] = width
-    cli = c.config_values(locals(), configs.RewireConfig)
-    cli["optimizer_options"] = parse_assignments(optimizer_option, "--optimizer-option") or None
-    cli["role_optimizers"] = parse_assignments(role_optimizer, "--role-optimizer") or None
-    cli["options"] = parse_assignments(option, "--option") or None
-    cli["arch_options"] = arch_options or None
-    if resume is not None:
-        cli, config = c.resumed(resume, cli, config, None, configs.RewireConfig, "rewire")
-    cfg = configs.resolve(configs.RewireConfig, cli, config, None, registry.method_defaults)
+    cfg = c.resolve_config(
+        locals(),
+        configs.RewireConfig,
+        "rewire",
+        parsed={"options": parse_assignments(option, "--option"), "arch_options": arch_options},
+        method_defaults=True,
+    )
     result = jobs.rewire(cfg, c.Progress(), force=force)
     c.show_layers(result)
     c.emit(result.record(), json_out)
