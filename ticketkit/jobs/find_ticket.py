@@ -52,7 +52,6 @@ def make_method(cfg: configs.FindTicketConfig) -> Method:
     cfg.scope = cfg.scope or cls.default_scope
     cfg.init = cfg.init or cls.default_init
     get_initializer(cfg.init)  # an unknown name fails before any work
-    cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, {}, cfg.method)  # type: ignore[arg-type]
     setup = Setup(
         k=cfg.k if cfg.k is not None else 0.0,  # 0: no target; the method's levels end the run
         scope=cfg.scope,
@@ -62,7 +61,10 @@ def make_method(cfg: configs.FindTicketConfig) -> Method:
         seed=cfg.seed,
         init=cfg.init,
     )
-    return cls(spec.make_options(cfg.options), setup)
+    method = cls(spec.make_options(cfg.options), setup)
+    # what the method forces on the arch, checked as `prune` checks it
+    cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, method.arch_options(), cfg.method)  # type: ignore[arg-type]
+    return method
 
 
 def find_ticket(

@@ -32,7 +32,6 @@ def make_method(cfg: configs.RewireConfig) -> Method:
     cls = spec.load()
     cfg.init = cfg.init or cls.default_init
     get_initializer(cfg.init)  # an unknown name fails before any work
-    cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, {}, cfg.method)  # type: ignore[arg-type]
     setup = Setup(
         k=cfg.k,  # type: ignore[arg-type]
         scope=cls.default_scope,
@@ -43,7 +42,10 @@ def make_method(cfg: configs.RewireConfig) -> Method:
         init=cfg.init,
         density=cfg.density,
     )
-    return cls(spec.make_options(cfg.options), setup)
+    method = cls(spec.make_options(cfg.options), setup)
+    # what the method forces on the arch, checked as `prune` checks it
+    cfg.arch_options = arch_options(cfg.arch, cfg.arch_options, method.arch_options(), cfg.method)  # type: ignore[arg-type]
+    return method
 
 
 def rewire(
