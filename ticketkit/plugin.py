@@ -58,6 +58,9 @@ class Setup:
     # initial per-layer densities of sparse training (`rewire --density`): "uniform" (k in
     # every layer) or "erk" (Erdos-Renyi-Kernel, as RigL); other commands leave it uniform
     density: str = "uniform"
+    # `rewire --dense-shortcuts`: leave 1x1 shortcut convs unmasked (the DSR paper's policy);
+    # honoured by `RewireMethod.exclude`, off for every other command
+    dense_shortcuts: bool = False
 
 
 @dataclass(frozen=True)
@@ -372,8 +375,13 @@ class DatasetSource:
     # the Debian/Ubuntu package that installs them under /usr/share/datasets/<name>, if any.
     files: ClassVar[str] = ""
     system_package: ClassVar[str | None] = None
+    # Too large for memory (ImageNet): `read` returns (path, label) lists, decoded each epoch by
+    # --workers DataLoader processes at `size` x `size` with `channels` (docs/plugins.md).
+    streamed: ClassVar[bool] = False
+    size: ClassVar[int] = 224
+    channels: ClassVar[int] = 3
 
-    def read(self, root: Path) -> tuple[Split, Split] | None:
+    def read(self, root: Path) -> tuple[Split, Split] | tuple[list, list] | None:
         """(train, test) if the files are under `root`, else None."""
         raise NotImplementedError
 

@@ -84,11 +84,11 @@ def test_pretrain_records_a_dense_checkpoint_as_eval_does(cli, tmp_path):
 def test_progress_bar_shows_no_loss_before_the_first_step(monkeypatch):
     from rich.console import Console
 
-    from ticketkit.commands import _common as c
+    from ticketkit.commands import _console
 
     screen = io.StringIO()
-    monkeypatch.setattr(c, "console", Console(file=screen, force_terminal=True, width=120))
-    bar = c.Progress()
+    monkeypatch.setattr(_console, "console", Console(file=screen, force_terminal=True, width=120))
+    bar = _console.Progress()
     bar.start("prune epoch 1/1", 10)
     bar._bar.refresh()
     before = screen.getvalue()

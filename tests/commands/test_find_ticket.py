@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from safetensors import safe_open
+
+from tests.conftest import run_subprocess
 
 SEARCH = "find-ticket --method imp --arch mlp --dataset digits --levels 2 --epochs 1".split()
 TOTAL = 64 * 300 + 300 * 100 + 100 * 10  # the digits MLP's prunable weights
@@ -67,6 +74,12 @@ def test_json_record_levels_table_reuse_resume_and_eval(cli, tmp_path):
         (["--levels", "2", "--reinit", "sometimes"], "must be one of none, random"),
         (["--levels", "2", "--reinit", "random", "--rewind", "1ep"], "takes no --rewind"),
         (["--levels", "2", "--scope", "row"], "--scope must be one of"),
+        (["--k", "0.5", "--rounds", "2", "--rate", "0.2"], "--rounds sets the levels"),
+        (["--k", "0.5", "--rounds", "2", "-o", "rate=0.3"], "drop --rate"),
+        (["--k", "0.5", "--rounds", "2", "--levels", "2"], "drop --levels"),
+        (["--rounds", "2"], "--rounds reaches --k in that many levels: pass --k"),
+        (["--k", "0.5", "--rounds", "-1"], "--rounds must be >= 1"),
+        (["--k", "0.9999", "--rounds", "30"], "more levels than weights to prune"),
         (["--levels", "2", "--early-bird", "--eb-window", "1"], "--eb-window must be >= 2"),
         (["--levels", "2", "--early-bird", "--eb-eps", "1"], "--eb-eps must be in [0, 1)"),
         (["--levels", "2", "--method", "biprop"], "runs under `ticketkit prune`"),
@@ -85,3 +98,55 @@ def test_bad_input_is_one_error_line(cli, tmp_path, args, message):
 def test_prune_refuses_imp(cli, tmp_path):
     r = cli("prune", "--method", "imp", "--arch", "mlp", "--k", "0.5", "--out", tmp_path)
     assert r.code == 2 and "runs under `ticketkit find-ticket`" in r.err
+
+
+@pytest.mark.slow
+def test_sigterm_in_level_3_resumes_there_and_ends_with_the_uninterrupted_tickets(tmp_path):
+    """A scheduler's SIGTERM while level 3 trains: exit 143 with one line; the same command
+    leaves levels 0-2 as they were (bytes and mtimes), trains none of them again, and ends
+    with every level's ticket bit for bit as a run never interrupted."""
+    epochs = 2
+    args = [*SEARCH[:-4], "--levels", "4", "--epochs", str(epochs), "--batch-size", "64"]
+    args += ["--subset", "300", "--eval-every", "0", "--seed", "3"]
+    script = Path(sys.executable).parent / "ticketkit"
+    command = [str(script) if script.exists() else "ticketkit", *args]
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # one line per epoch: the first of level 3 is line 3 * epochs + 1
+        seen.append(line)
+        if sum(line.startswith("epoch ") for line in seen) == 3 * epochs + 1:
+            proc.send_signal(signal.SIGTERM)
+            break
+    stdout, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, "".join(seen) + err
+    assert err.strip().splitlines()[-1] == "Terminated (SIGTERM)." and stdout == ""
+    assert "Traceback" not in err
+    (run,) = out.glob("find-ticket-*")
+    assert sorted(p.name for p in (run / "stages").iterdir()) == ["0", "1", "2"]
+    assert (run / "checkpoints" / "3" / "last.safetensors").exists()  # level 3 was training
+    done = [p for level in "012" for p in (run / "stages" / level).rglob("*") if p.is_file()]
+    done += [run / "checkpoints" / level / "end.safetensors" for level in "012"]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done}
+
+    resumed = run_subprocess(*args, "--out", out)
+    assert resumed.code == 0, resumed.err
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done} == before
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    trained = [(line["stage"], line["epoch"]) for line in lines if line["phase"] == "find-ticket"]
+    levels = [str(level) for level in range(5)]
+    assert trained == [(level, e) for level in levels for e in range(1, epochs + 1)]
+
+    reference = run_subprocess(*args, "--out", tmp_path / "uninterrupted", "--json")
+    assert reference.code == 0, reference.err
+    record = json.loads(reference.out)
+    assert resumed.out.strip() == str(run / "ticket.safetensors")
+    paths = [Path(level["path"]) for level in record["levels"]]
+    assert [p.parent.name for p in paths] == levels
+    for path in [*paths, Path(record["path"])]:
+        ours = run / path.relative_to(Path(record["path"]).parent)
+        with safe_open(str(ours), "np") as a, safe_open(str(path), "np") as b:
+            assert a.metadata()["payload_sha256"] == b.metadata()["payload_sha256"], path

@@ -129,6 +129,7 @@ def test_summary_json_lists_every_level(search):
     assert summary["method_options"] == {
         "rate": 0.2,
         "levels": 0,
+        "rounds": 0,
         "rewind": "0",
         "reinit": "none",
         "early_bird": False,
@@ -156,6 +157,28 @@ def test_layer_scope_prunes_rate_of_every_layer(tmp_path):
     assert len(per_layer) == 4
     for path, n in sizes.items():
         assert [layers[path]["kept"] for layers in per_layer] == expected_counts(n, 0.3, 0, 3)
+
+
+def test_rounds_1_is_one_shot_pruning_from_the_init(tmp_path):
+    spy = Spy()
+    result = spy.run(config(tmp_path, k=0.1, rounds=1))
+    total = 64 * 300 + 300 * 100 + 100 * 10
+    assert [level["kept"] for level in result.levels] == [total, total - math.floor(0.9 * total)]
+    for path, (weight, mask) in spy.starts[1].items():  # straight to K, rewound to the init
+        assert torch.equal(weight[mask], spy.starts[0][path][0][mask]), path
+
+
+def test_rounds_n_lands_on_k_in_n_nested_levels(tmp_path):
+    result = jobs.find_ticket(config(tmp_path, k=0.1, scope="layer", rounds=3))
+    sizes = {"1": 64 * 300, "3": 300 * 100, "5": 100 * 10}
+    per_layer = [Ticket.read(level["path"]).meta["layers"] for level in result.levels]
+    for path, n in sizes.items():
+        counts = [layers[path]["kept"] for layers in per_layer]
+        assert counts == [n - math.floor((1 - 0.1 ** (i / 3)) * n) for i in range(4)], path
+        assert counts[-1] == n - math.floor(0.9 * n)
+    masks = [Ticket.read(level["path"]).masks() for level in result.levels]
+    for previous, current in zip(masks, masks[1:]):
+        assert all(not (current[p] & ~previous[p]).any() for p in current)
 
 
 def test_random_reinit_draws_new_weights_each_level(tmp_path):
@@ -200,6 +223,39 @@ def test_a_run_killed_in_level_2_resumes_there_and_ends_with_the_same_ticket(sea
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mlp", "conv2"])
+def test_fashion_mnist_five_levels_follow_the_formula_and_nest(tmp_path, fashion, arch):
+    """The issue's acceptance run, shrunk: 5 levels at rate 0.2 on Fashion-MNIST (a 1000-image
+    subset, one epoch a level; conv2 at width 0.25)."""
+    values = {
+        "method": "imp",
+        "arch": arch,
+        "dataset": "fashion-mnist",
+        "subset": 1000,
+        "epochs": 1,
+        "eval_every": 0,
+        "out": str(tmp_path),
+        "options": {"levels": 4, "rate": 0.2},
+        **({"arch_options": {"width": 0.25}} if arch == "conv2" else {}),
+    }
+    result = jobs.find_ticket(resolve(FindTicketConfig, values))
+    tickets = [Ticket.read(level["path"]) for level in result.levels]
+    assert len(tickets) == 5 and [level["level"] for level in result.levels] == list(range(5))
+    total = sum(_numel(info["shape"]) for info in tickets[0].meta["layers"].values())
+    kept = [sum(info["kept"] for info in t.meta["layers"].values()) for t in tickets]
+    assert kept == expected_counts(total, 0.2, 0, 4) == [level["kept"] for level in result.levels]
+    masks = [t.masks() for t in tickets]
+    assert [sum(int(m.sum()) for m in level.values()) for level in masks] == kept
+    for previous, current in zip(masks, masks[1:]):
+        assert all(not (current[p] & ~previous[p]).any() for p in current)
+    assert tickets[-1].meta["metrics"]["test_acc1"] > 25  # one epoch from the init: above chance
+
+
+def _numel(shape: list[int]) -> int:
+    return math.prod(shape)
+
+
 def test_kept_schedule():
     assert kept_schedule([100], 0.5, 0.2, "global", 0) == [[100], [50], [25], [20]]
     assert kept_schedule([100], 0.5, 0.0, "global", 2) == [[100], [50], [25]]
@@ -209,6 +265,13 @@ def test_kept_schedule():
     assert kept_schedule([4, 100], 0.5, 0.2, "layer", 0)[-1] == [1, 20]
     # floor(rate * r) = 0 would never end: one weight goes instead
     assert kept_schedule([3], 0.2, 0.34, "global", 0) == [[3], [2]]
+    # --rounds: level i keeps the count of k^(i/R), the last one exactly K
+    assert kept_schedule([100], 0.2, 0.2, "global", 0, 1) == [[100], [20]]
+    assert kept_schedule([100], 0.2, 0.2, "global", 0, 3) == [[100], [59], [35], [20]]
+    assert kept_schedule([10, 100], 0.2, 0.5, "layer", 0, 3)[1:] == [[8, 80], [7, 63], [5, 50]]
+    # at least one weight a level while any is left to prune; a level with none is refused
+    assert kept_schedule([100], 0.2, 0.97, "global", 0, 2) == [[100], [99], [97]]
+    assert kept_schedule([100], 0.2, 0.97, "global", 0, 5)[-2:] == [[97], [97]]
 
 
 @pytest.mark.parametrize(

@@ -70,3 +70,18 @@ def test_one_command_gives_a_sign_ticket_of_the_init(cli, tmp_path):
     assert all(torch.isfinite(w).all() for w in ticket.weights().values())
     ev = json.loads(cli("eval", path, "--json").out)
     assert ev["metrics"] == ev["recorded"]
+
+
+def test_prune_trains_the_signs_with_the_psg_backward_when_asked(cli, tmp_path):
+    """`prune --psg` gives the masked layers PSG's backward (as `finetune --psg`): same
+    mask, other flips; a PSG option without --psg is refused."""
+    args = "prune --preset peek-a-boo --arch mlp --dataset digits --epochs 1 -o iterations=5"
+    args += " -O ar=0.2 --batch-size 64 --json"
+    runs = [cli(*args.split(), *extra, "--out", tmp_path) for extra in ([], ["--psg"])]
+    assert all(r.code == 0 for r in runs), [r.err for r in runs]
+    plain, psg = (Ticket.read(json.loads(r.out)["path"]) for r in runs)
+    assert psg.meta["config"]["psg"] is True and plain.meta["config"]["psg"] is False
+    assert all(torch.equal(plain.masks()[n], m) for n, m in psg.masks().items())
+    assert any(not torch.equal(plain.weights()[n], w) for n, w in psg.weights().items())
+    bad = cli(*args.split(), "--psg-option", "msb-bits=4", "--out", tmp_path)
+    assert bad.code == 2 and "--psg-option is given without --psg" in bad.err

@@ -16,6 +16,14 @@ again here would be the bug farm). It also does the surgery. A group the graph c
 safely (one that touches the logits layer or an operation it does not index, such as the zero
 padding of a resnet's option-A shortcut) is left alone; the written file's logits are checked
 against the ticket's either way.
+
+A filter whose channel is exactly zero on every input (a zero filter with no bias, or with its
+BatchNorm channel zeroed too: the convention of filter tickets, masks/channels.py) but that
+cannot be removed with its readers, because the channel is summed with others that are not zero
+(a residual block's last conv, the stem), is still removed from its layer: the layer computes
+only its live channels and `Widen` puts them back in place in a map of the old width, zeros
+elsewhere. Its readers keep their width; the layer's own arithmetic shrinks. Exact, since the
+removed channels were zeros.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ class Removal:
     params_after: int
     channels: dict[str, int]  # layer path -> output channels removed
     zero_kept: int  # zero filters left in: their channel still carries a constant that is read
+    widened: tuple[str, ...] = ()  # layers whose removed filters' places are filled with zeros
 
     @property
     def note(self) -> str | None:
@@ -48,6 +57,11 @@ class Removal:
             notes.append(
                 "no channel of this ticket is empty (none can be removed without changing its "
                 "logits): the structured export has the dense network's parameters"
+            )
+        if self.widened:
+            notes.append(
+                f"{len(self.widened)} layers write into a residual sum: their empty filters are "
+                "removed and zeros put back in their places (the sum keeps its width)"
             )
         if self.zero_kept:
             notes.append(
@@ -90,13 +104,76 @@ def shrink(model: nn.Module, x: torch.Tensor) -> Removal:
             graph.get_pruning_group(module, handler, idxs=dead).prune(record_history=False)
             removed[names[module]] = len(dead)
             cache.clear()
+    widened = _widen(model, graph, logits_layer, names, removed)
     after = sum(p.numel() for p in model.parameters())
     zero_kept = sum(
         int((m.weight.flatten(1).abs().amax(dim=1) == 0).sum())
         for m in model.modules()
         if isinstance(m, _LAYERS) and m is not logits_layer
     )
-    return Removal(before, after, removed, zero_kept)
+    return Removal(before, after, removed, zero_kept, widened)
+
+
+class Widen(nn.Module):
+    """`inner`'s output channels put back at `index` in a map of `width` channels, the others
+    exactly 0: a layer that lost filters whose channels a residual sum still has."""
+
+    def __init__(self, inner: nn.Module, index: torch.Tensor, width: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("index", index)
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        shape = list(y.shape)
+        shape[1] = self.width
+        return y.new_zeros(shape).index_copy(1, self.index, y)
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = nn.modules.batchnorm._BatchNorm
+
+
+@torch.no_grad()
+def _widen(
+    model: nn.Module, graph: Any, logits_layer: Any, names: dict, removed: dict[str, int]
+) -> tuple[str, ...]:
+    """Remove the zero filters left whose channel is exactly 0 on every input (module
+    docstring): shrink the conv (and the BatchNorm that alone reads it), wrap the last of the
+    two in `Widen`. Their readers are not touched."""
+    import torch_pruning as tp
+
+    widened = []
+    for module in [m for m in model.modules() if isinstance(m, _CONVS)]:
+        if module is logits_layer or module.groups != 1:
+            continue
+        dead = ~module.weight.flatten(1).any(dim=1)
+        if not bool(dead.any()) or bool(dead.all()):
+            continue
+        node = graph.module2node.get(module)
+        outs = list(node.outputs) if node is not None else []
+        norm = outs[0].module if len(outs) == 1 and isinstance(outs[0].module, _NORMS) else None
+        width = module.out_channels
+        constant = module.bias if module.bias is not None else module.weight.new_zeros(width)
+        if norm is not None:  # the channel's value in eval mode for a zero filter
+            spatial = [1] * (module.weight.dim() - 2)
+            constant = norm.eval()(constant.view(1, width, *spatial)).flatten()
+        gone = (dead & (constant == 0)).nonzero().flatten().tolist()
+        if not gone:
+            continue
+        keep = torch.tensor(sorted(set(range(width)) - set(gone)), dtype=torch.long)
+        tp.prune_conv_out_channels(module, gone)
+        if norm is not None:
+            tp.prune_batchnorm_out_channels(norm, gone)
+        target = norm if norm is not None else module
+        path = names[target]
+        parent, _, child = path.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, Widen(target, keep, width))
+        removed[names[module]] = removed.get(names[module], 0) + len(gone)
+        widened.append(names[module])
+    return tuple(widened)
 
 
 def _out_channels(module: nn.Module) -> int:

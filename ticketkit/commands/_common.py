@@ -11,71 +11,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ticketkit.commands._console import Progress, console  # noqa: F401 (c.Progress)
 from ticketkit.errors import UsageError
-
-console = Console(stderr=True, highlight=False)
-
-
-class Progress:
-    """The CLI's Reporter: a rich bar on a terminal, periodic plain lines otherwise."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-        self._label = ""
-        self._done = self._total = 0
-        self._loss = float("nan")
-        self._last = time.monotonic()
-
-    def start(self, description: str, total: int) -> None:
-        self._label, self._done, self._total = description, 0, total
-        self._last = time.monotonic()
-        if console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as Bar
-
-            self._bar = Bar(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[loss]}"),  # empty until the first step's loss
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(description, total=total, loss="")
-
-    def advance(self, **fields: Any) -> None:
-        self._done += 1
-        self._loss = fields.get("loss", self._loss)
-        if self._bar is not None:
-            loss = {"loss": f"loss {fields['loss']:.4f}"} if "loss" in fields else {}
-            self._bar.update(self._task, advance=1, **loss)
-        elif time.monotonic() - self._last > 15:
-            self._last = time.monotonic()
-            loss = f" loss {self._loss:.4f}" if self._loss == self._loss else ""  # not NaN
-            console.print(f"{self._label}: {self._done}/{self._total}{loss}")
-
-    def stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-    def note(self, message: str) -> None:
-        console.print(message, markup=False)
-
-
-# ---- shared options (defined once) -------------------------------------------------------------
 
 Dataset = Annotated[
     str | None, typer.Option("--dataset", help="dataset name (see `ticketkit plugins`)")
@@ -83,6 +27,12 @@ Dataset = Annotated[
 Data = Annotated[str | None, typer.Option("--data", help="directory holding the dataset files")]
 Subset = Annotated[
     int | None, typer.Option("--subset", help="train on the first N samples of a fixed shuffle")
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", help="processes decoding a streamed dataset (imagenet, large images)"
+    ),
 ]
 Epochs = Annotated[int | None, typer.Option("--epochs", help="training epochs")]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", help="training batch size")]
@@ -106,6 +56,22 @@ LrSteps = Annotated[
 LrGamma = Annotated[float | None, typer.Option("--lr-gamma", help="the step schedule's factor")]
 Warmup = Annotated[
     int | None, typer.Option("--warmup", help="epochs of linear lr warm-up before the schedule")
+]
+Psg = Annotated[
+    bool | None,
+    typer.Option(
+        "--psg/--no-psg",
+        help="predictive sign gradient backward (Peek-a-Boo): an emulation of low-precision "
+        "hardware that saves no time",
+    ),
+]
+PsgOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--psg-option",
+        help="PSG setting name=value: msb-bits (8), msb-bits-grad (16), threshold (1e-7), "
+        "sign (false)",
+    ),
 ]
 Seed = Annotated[
     int | None, typer.Option("--seed", help="random seed (weights, scores, data order)")
@@ -282,8 +248,8 @@ def resumed(
     config is complete).
 
     The run's saved config is its whole config, so any other setting given with --resume would
-    be lost without a word: that, and a run of another command, are errors. Only --device may
-    change (a run started on a GPU can finish on the CPU).
+    be lost without a word: that, and a run of another command, are errors. Only --device and
+    --workers may change (a run started on a GPU can finish on the CPU).
     """
     import dataclasses
 
@@ -301,16 +267,17 @@ def resumed(
     extra = [
         flags.get(k, f"--{k.replace('_', '-')}")
         for k, v in given.items()
-        if k != "device" and v is not None
+        if k not in ("device", "workers") and v is not None
     ]
     extra.sort()
     extra += [flag for flag, v in (("--config", config), ("--preset", preset)) if v is not None]
     if extra:
         raise UsageError(
             f"--resume continues a run with its saved settings; drop {', '.join(extra)} "
-            "(only --device may change)"
+            "(only --device and --workers may change)"
         )
-    continued = {"name": resume.name, "out": str(resume.parent), "device": given.get("device")}
+    continued = {"name": resume.name, "out": str(resume.parent)}
+    continued.update({k: given.get(k) for k in ("device", "workers")})
     return continued, str(saved)
 
 

@@ -1,5 +1,7 @@
 """`ticketkit eval`: measure a ticket (or a dense checkpoint) on its dataset's test set, from
-the file alone, or on another dataset of the same image shape and classes (`--dataset`)."""
+the file alone, or on another dataset of the same image shape and classes (`--dataset`).
+A ticket's per-layer densities (kept fraction) are in its table on stderr and, as `density`,
+in the JSON record: for `rewire` tickets (DSR, ERK) they differ from layer to layer."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ from ticketkit.commands import _common as c
 from ticketkit.commands.export import Efficiency, show_efficiency
 
 
-@c.show_defaults(device="auto")
+@c.show_defaults(device="auto", workers=0)
 def eval_(
     artifact: c.Input = None,
     dataset: c.Dataset = None,
     data: c.Data = None,
+    workers: c.Workers = None,
     device: c.Device = None,
     json_out: c.Json = False,
     efficiency: Efficiency = False,
@@ -26,7 +29,7 @@ def eval_(
     path = c.read_input(artifact, "ticket or checkpoint")
     t = read_artifact(path)
     dev = resolve_device(device or "auto")
-    ds = load_for(t.input, dataset or t.meta["dataset"], data)
+    ds = load_for(t.input, dataset or t.meta["dataset"], data, workers=workers or 0)
     metrics = evaluate(t.build(dev), ds, dev)
     # what was recorded at creation compares only on the dataset it was measured on
     recorded = t.meta.get("metrics", {}) if ds.name == t.meta["dataset"] else {}
@@ -74,7 +77,20 @@ def eval_(
         "metrics": metrics,
         "recorded": recorded,
         "layers": t.meta.get("layers", {}),
+        "density": layer_densities(t.meta.get("layers", {})),
     }
     if efficiency:
         record["efficiency"] = show_efficiency(t, str(path))
     c.emit(record, json_out)
+
+
+def layer_densities(layers: dict[str, dict]) -> dict[str, float]:
+    """Kept fraction per masked layer (as the table's `kept` column, unrounded but to 6
+    places, as `rewire`'s density history in metrics.jsonl)."""
+    densities = {}
+    for path, info in layers.items():
+        n = 1
+        for d in info["shape"]:
+            n *= d
+        densities[path] = round(info["kept"] / n, 6) if n else 0.0
+    return densities

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from ticketkit.commands import _common as c
+from ticketkit.errors import UsageError
 from ticketkit.runs.config import FindTicketConfig
 from ticketkit.specs import parse_assignments
 
@@ -36,6 +37,12 @@ def find_ticket(
     levels: Annotated[
         int | None,
         typer.Option("--levels", help="pruning levels after the dense level 0 (default: to --k)"),
+    ] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds", help="reach --k in exactly N levels (1: one-shot); not with --rate/--levels"
+        ),
     ] = None,
     rewind: Annotated[
         str | None,
@@ -76,6 +83,7 @@ def find_ticket(
     dataset: c.Dataset = None,
     data: c.Data = None,
     subset: c.Subset = None,
+    workers: c.Workers = None,
     init: Annotated[
         str | None,
         typer.Option("--init", help="weight init: kaiming-normal, ... (default: the method's)"),
@@ -130,6 +138,7 @@ def find_ticket(
     shorthand = {
         "rate": rate,
         "levels": levels,
+        "rounds": rounds,
         "rewind": rewind,
         "reinit": reinit,
         "early_bird": early_bird,
@@ -138,6 +147,8 @@ def find_ticket(
         "controls": controls,
     }
     options.update({key: value for key, value in shorthand.items() if value is not None})
+    if "rounds" in options and "rate" in options:  # even --rate 0.2, the default: say so
+        raise UsageError("--rounds sets the levels and their rate from --k: drop --rate")
     cfg = c.resolve_config(
         locals(),
         configs.FindTicketConfig,

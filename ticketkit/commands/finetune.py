@@ -20,27 +20,14 @@ def finetune(
     dataset: c.Dataset = None,
     data: c.Data = None,
     subset: c.Subset = None,
+    workers: c.Workers = None,
     epochs: c.Epochs = None,
     batch_size: c.BatchSize = None,
     optimizer: c.Optimizer = None,
     optimizer_option: c.OptimizerOptions = None,
     role_optimizer: c.RoleOptimizers = None,
-    psg: Annotated[
-        bool | None,
-        typer.Option(
-            "--psg/--no-psg",
-            help="predictive sign gradient backward (Peek-a-Boo): an emulation of low-precision "
-            "hardware that saves no time",
-        ),
-    ] = None,
-    psg_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--psg-option",
-            help="PSG setting name=value: msb-bits (8), msb-bits-grad (16), threshold (1e-7), "
-            "sign (false)",
-        ),
-    ] = None,
+    psg: c.Psg = None,
+    psg_option: c.PsgOptions = None,
     lr: c.Lr = None,
     momentum: c.Momentum = None,
     weight_decay: c.WeightDecay = None,

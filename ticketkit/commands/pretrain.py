@@ -19,6 +19,7 @@ def pretrain(
     dataset: c.Dataset = None,
     data: c.Data = None,
     subset: c.Subset = None,
+    workers: c.Workers = None,
     width: Annotated[
         float | None, typer.Option("--width", help="width multiplier of the arch")
     ] = None,

@@ -31,6 +31,7 @@ def prune(
     dataset: c.Dataset = None,
     data: c.Data = None,
     subset: c.Subset = None,
+    workers: c.Workers = None,
     scope: Annotated[
         str | None, typer.Option("--scope", help="layer: k per layer; global: one threshold")
     ] = None,
@@ -75,6 +76,8 @@ def prune(
     optimizer: c.Optimizer = None,
     optimizer_option: c.OptimizerOptions = None,
     role_optimizer: c.RoleOptimizers = None,
+    psg: c.Psg = None,
+    psg_option: c.PsgOptions = None,
     lr: c.Lr = None,
     momentum: c.Momentum = None,
     weight_decay: c.WeightDecay = None,
@@ -110,7 +113,11 @@ def prune(
         locals(),
         configs.PruneConfig,
         "prune",
-        parsed={"options": parse_assignments(option, "--option"), "arch_options": arch_options},
+        parsed={
+            "options": parse_assignments(option, "--option"),
+            "arch_options": arch_options,
+            "psg_options": parse_assignments(psg_option, "--psg-option"),
+        },
         preset=preset,
         method_defaults=True,
     )

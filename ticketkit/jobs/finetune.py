@@ -14,8 +14,10 @@ from ticketkit.jobs.common import (
     reused,
     write_ticket,
 )
+from ticketkit.jobs.prune import example
 from ticketkit.jobs.stages import ready, train_stages
 from ticketkit.masks import masked_layers
+from ticketkit.masks.channels import hold_empty_channels, zero_empty_channels
 from ticketkit.plugin import Setup, WeightMethod
 from ticketkit.runs import config as configs
 from ticketkit.runs.directory import Run
@@ -72,17 +74,16 @@ def finetune(
     torch.manual_seed(cfg.seed)
     model = parent.build("cpu").train()
     method = Finetune(parent.masks(), Setup(k=k, epochs=cfg.epochs, seed=cfg.seed))
-    ready(method, model, ds, cfg)
-    if cfg.psg:  # after the masks: the masked layers' backward becomes PSG's
-        from ticketkit.training.psg import attach_psg, psg_options
-
-        layers = [(layer.path, layer.module) for layer in masked_layers(model)]
-        attach_psg(layers, psg_options(cfg.psg_options))
+    ready(method, model, ds, cfg)  # with --psg, the masked layers' backward becomes PSG's
+    # the parent's empty filters keep their BatchNorm channels at 0 (masks/channels.py)
+    filters = parent.meta.get("granularity") == "filter"
+    empty = hold_empty_channels(model, example(ds)) if filters else []
     done = claim(run, config, force, "ticket.safetensors", reporter)
     if done is not None:  # finished by an identical command while this one set up
         return reused("ticket", done, Ticket)
     try:
         train_stages(model, method, ds, cfg, run, reporter, "finetune")
+        zero_empty_channels(model, empty)
         keep = (
             "arch",
             "arch_kwargs",

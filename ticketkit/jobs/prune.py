@@ -16,6 +16,7 @@ from ticketkit.jobs.common import (
     write_ticket,
 )
 from ticketkit.jobs.stages import ready, train_stages
+from ticketkit.masks.channels import hold_empty_channels, zero_empty_channels
 from ticketkit.masks.sparsifier import prunable_layers
 from ticketkit.models import arch_options, build_model, init_weights
 from ticketkit.plugin import Method, Setup, norm_parameters
@@ -77,6 +78,8 @@ def prune(
             + _option_adding_norms(cfg, ds)
         )
     ready(method, model, ds, cfg)
+    # a filter ticket's empty filters take their BatchNorm channel with them (masks/channels.py)
+    empty = hold_empty_channels(model, example(ds)) if cfg.granularity == "filter" else []
     done = claim(run, config, force, "ticket.safetensors", reporter)
     if done is not None:  # finished by an identical command while this one set up
         return reused("ticket", done, Ticket)
@@ -86,6 +89,7 @@ def prune(
         if method.trains:
             stopped = train_stages(model, method, ds, cfg, run, reporter, "prune")
         method.finish(model)
+        zero_empty_channels(model, empty)
         meta = {
             "arch": cfg.arch,
             "arch_kwargs": cfg.arch_options,
@@ -101,6 +105,12 @@ def prune(
         return write_ticket(model, ds, cfg, run, reporter, parent=cfg.input, meta=meta)
     finally:
         run.release()
+
+
+def example(ds: Dataset) -> torch.Tensor:
+    """Two blank inputs of the dataset's shape: enough to see which module feeds which."""
+    spec = ds.input
+    return torch.zeros(2, spec.channels, spec.height, spec.width)
 
 
 def _prune_input(cfg: configs.PruneConfig, method: Method) -> Checkpoint | None:

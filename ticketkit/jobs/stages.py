@@ -33,6 +33,12 @@ def ready(method: Method, model: torch.nn.Module, ds: Dataset, cfg: Any) -> None
     bind(method, ds, cfg)
     check_amp(getattr(cfg, "amp", None), resolve_device(cfg.device), method)  # fp16: its step
     method.prepare(model)
+    if getattr(cfg, "psg", False):  # after the masks: the masked layers' backward becomes PSG's
+        from ticketkit.masks import masked_layers
+        from ticketkit.training.psg import attach_psg, psg_options
+
+        layers = [(layer.path, layer.module) for layer in masked_layers(model)]
+        attach_psg(layers, psg_options(cfg.psg_options))
     if method.trains:
         method.optimizers(model, OptimizerFactory(cfg))
 

@@ -31,6 +31,7 @@ class TrainConfig:
     dataset: str | None = None
     data: str | None = None
     subset: int | None = None
+    workers: int = 0  # DataLoader processes decoding a streamed dataset (training/streaming.py)
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "sgd"
@@ -55,6 +56,7 @@ class TrainConfig:
             ("--epochs", self.epochs),
             ("--eval-every", self.eval_every),
             ("--warmup", self.warmup),
+            ("--workers", self.workers),
         ):
             if count < 0:
                 raise UsageError(f"{flag} must be >= 0, got {count}")
@@ -111,6 +113,15 @@ class TrainConfig:
         return self.dataset
 
 
+def check_psg(cfg: PruneConfig | FinetuneConfig) -> None:
+    """--psg-option needs --psg, and its settings must parse."""
+    if cfg.psg_options and not cfg.psg:
+        raise UsageError("--psg-option is given without --psg")
+    from ticketkit.training.psg import psg_options
+
+    psg_options(cfg.psg_options)
+
+
 @dataclass
 class PretrainConfig(TrainConfig):
     """`ticketkit pretrain`: train a dense network (BiP's recipe: SGD 0.1, wd 5e-4, cosine)."""
@@ -138,11 +149,7 @@ class FinetuneConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.psg_options and not self.psg:
-            raise UsageError("--psg-option is given without --psg")
-        from ticketkit.training.psg import psg_options
-
-        psg_options(self.psg_options)
+        check_psg(self)
 
 
 @dataclass
@@ -162,11 +169,14 @@ class PruneConfig(TrainConfig):
     learn_bn: bool = False
     dense_first: bool = False
     dense_last: bool = False
+    psg: bool = False  # as FinetuneConfig's: Peek-a-Boo trains its signs with PSG in one run
+    psg_options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         from ticketkit.masks.rules import GRANULARITIES, SCOPES
 
         super().validate()
+        check_psg(self)
         for key, flag in (("method", "--method"), ("k", "--k")):
             if getattr(self, key) is None:
                 raise UsageError(f"no {key} given: pass {flag}")
@@ -215,12 +225,14 @@ class FindTicketConfig(TrainConfig):
 
 @dataclass
 class RewireConfig(TrainConfig):
-    """`ticketkit rewire`: sparse training from a random init, masks updated by the method.
+    """`ticketkit rewire`: sparse training from a random init (or the dense checkpoint `input`),
+    masks updated by the method.
 
     No `init_scale`: the weights train, so the plain fan-in init (as the DSR and RigL code).
     """
 
     method: str | None = None
+    input: str | None = None  # a dense checkpoint to start from instead of a random init
     arch: str | None = None
     arch_options: dict = field(default_factory=dict)
     k: float | None = None
@@ -229,12 +241,14 @@ class RewireConfig(TrainConfig):
     init: str | None = None
     dense_first: bool = False
     dense_last: bool = False
+    dense_shortcuts: bool = False
 
     def validate(self) -> None:
         super().validate()
-        for key, flag in (("method", "--method"), ("arch", "--arch"), ("k", "--k")):
+        for key, flag in (("method", "--method"), ("k", "--k")):
             if getattr(self, key) is None:
                 raise UsageError(f"no {key} given: pass {flag}")
+        # `arch` may come from the checkpoint given as argument: `jobs.rewire` checks it
         check_k(self.k)  # type: ignore[arg-type]
         if self.density not in DENSITIES:
             raise UsageError(

@@ -57,8 +57,9 @@ def atomic_text(path: Path, text: str) -> Path:
 
 
 def config_hash(config: dict[str, Any], parent: str | None = None) -> str:
-    """8 hex digits over the config (minus where it is written) and the input artifact."""
-    keep = {k: v for k, v in config.items() if k not in ("out", "name")}
+    """8 hex digits over the config (minus where it is written, and --workers, which changes
+    how fast images are decoded, never what is computed) and the input artifact."""
+    keep = {k: v for k, v in config.items() if k not in ("out", "name", "workers")}
     blob = json.dumps({"config": keep, "parent": parent}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
@@ -96,9 +97,9 @@ class Run:
         if not self.config_path.exists():
             return False
 
-        def essential(text: str) -> dict:  # where it is written, and where it runs (--resume)
+        def essential(text: str) -> dict:  # where it is written, and where and how fast it runs
             data = yaml.safe_load(text) or {}
-            return {k: v for k, v in data.items() if k not in ("out", "name", "device")}
+            return {k: v for k, v in data.items() if k not in ("out", "name", "device", "workers")}
 
         return essential(self.config_path.read_text()) == essential(config_yaml)
 

@@ -1,8 +1,10 @@
 """Datasets: where their files are, and fast deterministic batches from memory.
 
-Every built-in dataset fits in memory as uint8 images, so batches are cut from tensors instead
+The small datasets fit in memory as uint8 images, so batches are cut from tensors instead
 of a per-sample PIL pipeline: shuffling and augmentation are vectorised and seeded by
-(seed, epoch), which makes runs reproducible and resumable at epoch boundaries.
+(seed, epoch), which makes runs reproducible and resumable at epoch boundaries. A source that
+declares itself `streamed` (ImageNet) keeps its files on disk and is decoded each epoch by
+DataLoader workers (`training/streaming.py`), seeded by (seed, epoch) too.
 
 Files resolve in this order (DESIGN §4): `--data DIR`, `$TICKETKIT_DATA`,
 `/usr/share/datasets/<name>` (e.g. Debian's dataset-fashion-mnist), then the cache
@@ -25,6 +27,7 @@ from ticketkit.inputs import InputSpec, Split
 from ticketkit.plugin import DatasetSource
 from ticketkit.registry import get_dataset
 from ticketkit.training import distributed
+from ticketkit.training.streaming import Files, Stream
 
 SYSTEM_DIR = Path("/usr/share/datasets")
 EVAL_BATCH = 500  # fixed, so evaluation is bit-identical between training and `eval`
@@ -32,28 +35,35 @@ EVAL_BATCH = 500  # fixed, so evaluation is bit-identical between training and `
 
 @dataclass
 class Dataset:
-    """A dataset in memory, with its normalisation and augmentation recipe."""
+    """A dataset in memory (or streamed from files), with its normalisation and augmentation."""
 
     name: str
-    train: Split
-    test: Split
+    train: Split | Files
+    test: Split | Files
     classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: str = "none"  # "none" | "crop-flip"
+    augment: str = "none"  # "none" | "crop-flip"; streamed: always the ImageNet recipe
+    workers: int = 0  # DataLoader processes decoding a streamed dataset (--workers)
 
     @property
     def input(self) -> InputSpec:
+        if isinstance(self.train, Files):
+            return InputSpec(self.train.channels, self.train.size, self.train.size, self.classes)
         _, c, h, w = self.train.images.shape
         return InputSpec(c, h, w, self.classes)
 
 
 def load_for(
-    made_for: InputSpec, name: str, data: str | None = None, subset: int | None = None
+    made_for: InputSpec,
+    name: str,
+    data: str | None = None,
+    subset: int | None = None,
+    workers: int = 0,
 ) -> Dataset:
     """`load_dataset`, refusing a dataset whose images or classes differ from `made_for`
     (what an artifact's network was built for)."""
-    ds = load_dataset(name, data, subset)
+    ds = load_dataset(name, data, subset, workers)
     if ds.input != made_for:
         raise UsageError(
             f"the input was made for {made_for}, but dataset '{ds.name}' gives {ds.input}"
@@ -83,8 +93,13 @@ def offline() -> bool:
     return os.environ.get("TICKETKIT_OFFLINE", "") not in ("", "0")
 
 
-def load_dataset(name: str, data: str | None = None, subset: int | None = None) -> Dataset:
-    """Find (or download) a registered dataset and return it in memory."""
+def load_dataset(
+    name: str, data: str | None = None, subset: int | None = None, workers: int = 0
+) -> Dataset:
+    """Find (or download) a registered dataset and return it in memory, or as file lists if
+    its source is streamed (`workers`: the processes that decode those)."""
+    if workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {workers}")
     source: DatasetSource = get_dataset(name).load()()
     splits = None
     looked: list[Path] = []
@@ -111,9 +126,14 @@ def load_dataset(name: str, data: str | None = None, subset: int | None = None) 
         splits = source.read(Path("."))
         assert splits is not None
     train, test = splits
+    if source.streamed:  # (path, label) lists, read after `read` set the size and channels
+        train = Files.of(train, source.size, source.channels)
+        test = Files.of(test, source.size, source.channels)
     if subset is not None:
         train = take_subset(train, subset)
-    return Dataset(name, train, test, source.classes, source.mean, source.std, source.augment)
+    return Dataset(
+        name, train, test, source.classes, source.mean, source.std, source.augment, workers
+    )
 
 
 def _download(source: DatasetSource, target: Path, looked: list[Path]) -> tuple[Split, Split]:
@@ -151,14 +171,21 @@ def how_to_get(source: DatasetSource) -> str:
     return f"to fix: {fix}; with network access they are downloaded into {cache_dir()}"
 
 
-def take_subset(split: Split, n: int) -> Split:
+def take_subset(split: Split | Files, n: int) -> Split | Files:
     """The first n samples of a fixed permutation (seed 0): the same subset for every run."""
     if n <= 0:
         raise UsageError(f"--subset must be positive, got {n}")
     if n > len(split):
         raise UsageError(f"--subset {n} is larger than the training set ({len(split)} samples)")
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n]
-    return Split(split.images[order], split.labels[order])
+    return take(split, order)
+
+
+def take(split: Split | Files, index: torch.Tensor) -> Split | Files:
+    """The samples at `index`, in memory or as files."""
+    if isinstance(split, Files):
+        return split.take(index)
+    return Split(split.images[index], split.labels[index])
 
 
 class Loader:
@@ -167,7 +194,7 @@ class Loader:
     def __init__(
         self,
         ds: Dataset,
-        split: Split,
+        split: Split | Files,
         batch_size: int,
         *,
         train: bool,
@@ -182,9 +209,21 @@ class Loader:
             distributed.check_batch(batch_size)
         self.device = torch.device(device)
         self.augment = ds.augment if train else "none"
-        channels = split.images.shape[1]
+        channels = split.channels if isinstance(split, Files) else split.images.shape[1]
         self.mean = torch.tensor(ds.mean, device=self.device).view(1, channels, 1, 1) * 255
         self.std = torch.tensor(ds.std, device=self.device).view(1, channels, 1, 1) * 255
+        self.stream = None  # decoded from files by DataLoader workers
+        if isinstance(split, Files):
+            pin = self.device.type == "cuda"  # page-locked batches copy to the GPU async
+            self.stream = Stream(
+                split,
+                batch_size,
+                train=train,
+                seed=seed,
+                sharded=self.sharded,
+                workers=ds.workers,
+                pin=pin,
+            )
 
     def __len__(self) -> int:
         if self.sharded:
@@ -192,6 +231,10 @@ class Loader:
         return -(-len(self.split) // self.batch_size)
 
     def batches(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.stream is not None:
+            for images, labels in self.stream.batches(epoch):
+                yield self._to_device(images, labels)
+            return
         n = len(self.split)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=gen) if self.train else None

@@ -24,7 +24,7 @@ from ticketkit.masks.sparsifier import sparsifier_of
 from ticketkit.plugin import Context, Method, Stage
 from ticketkit.registry import get_optimizer
 from ticketkit.training import distributed
-from ticketkit.training.data import EVAL_BATCH, Dataset, Loader, Split
+from ticketkit.training.data import EVAL_BATCH, Dataset, Files, Loader, Split, take
 from ticketkit.training.precision import Precision
 
 
@@ -158,12 +158,13 @@ def bind(method: Method, ds: Dataset, cfg: Any) -> None:
     per epoch and a way to draw scoring batches that are not training."""
     device = resolve_device(cfg.device)
     distributed.check_batch(cfg.batch_size)  # under torchrun, before the run is claimed
+    ds.workers = getattr(cfg, "workers", 0)  # every loader of a streamed set, final eval too
     loader = Loader(ds, ds.train, cfg.batch_size, train=False, device=device)
 
     def draw(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(seed))
         size = cfg.batch_size
-        picked = Split(ds.train.images[order[: n * size]], ds.train.labels[order[: n * size]])
+        picked = take(ds.train, order[: n * size])
         batches = Loader(ds, picked, size, train=False, device=device).batches()
         return list(batches)[:n]
 
@@ -178,7 +179,7 @@ def bind(method: Method, ds: Dataset, cfg: Any) -> None:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, ds: Dataset, device: torch.device, split: Split | None = None
+    model: nn.Module, ds: Dataset, device: torch.device, split: Split | Files | None = None
 ) -> dict[str, float]:
     """Top-1/top-5 accuracy (%) and mean cross-entropy on the test split, in eval mode."""
     model.eval()
@@ -226,6 +227,7 @@ def fit(
     if getattr(method, "ctx", None) is None:
         bind(method, ds, cfg)
     ctx = method.ctx
+    ds.workers = getattr(cfg, "workers", 0)  # as bind does, for a method bound elsewhere
     ctx.stage, ctx.epochs, ctx.epoch, ctx.step = stage.name, stage.epochs, 0, 0
     optimizers = method.optimizers(model, OptimizerFactory(cfg))
     start, best, stopped = 0, {"test_acc1": -1.0}, None
@@ -268,7 +270,7 @@ def fit(
                 seen += n
                 sums[0] += loss.double() * n
                 sums[1] += (logits.argmax(1) == batch[1]).sum()
-                reporter.advance(**({"loss": float(loss)} if i % 20 == 0 else {}))
+                reporter.advance(images=n, **({"loss": float(loss)} if i % 20 == 0 else {}))
         reporter.stop()
         total_loss, correct, seen = distributed.reduce_sums(sums, seen)
         if not math.isfinite(total_loss):

@@ -96,6 +96,26 @@ def test_dropped_weights_lose_their_momentum_and_grown_ones_start_at_zero():
         assert momentum[stayed].any()  # only the changed positions were reset
 
 
+def test_regrow_init_starts_grown_weights_at_a_draw_of_the_init():
+    method, model = method_on_mlp(regrow="init", alpha=0.6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_steps(model, opt, 2)
+    layers = masked_layers(model)
+    before = [(layer.mask.clone(), layer.weight.detach().clone()) for layer in layers]
+    method.ctx.step = 1
+    method.after_step(model, {"main": opt})
+    first = layers[0]  # 300x64: enough grown weights to measure their scale
+    for layer, (old, weight) in zip(layers, before):
+        grown = (old == 0) & (layer.mask != 0)
+        stayed = (old != 0) & (layer.mask != 0)
+        assert grown.any() and layer.weight[grown].ne(0).all()
+        assert not opt.state[layer.weight]["momentum_buffer"][grown].any()
+        assert torch.equal(layer.weight[stayed], weight[stayed])  # kept (or dropped and back)
+        if layer is first:
+            std = layer.weight[grown].std().item()  # kaiming-normal at fan-in 64
+            assert abs(std / math.sqrt(2 / 64) - 1) < 0.15
+
+
 def test_drops_the_smallest_weights_and_grows_the_largest_dense_gradients():
     method, model = method_on_mlp(alpha=0.5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -12,7 +12,8 @@ Every `-o every` steps until the end of epoch `-o stop`, in every masked layer s
 Per-layer counts never change, so the budget is exact at every step: `--density uniform`
 keeps `N_l - floor((1-k) N_l)` per layer, `--density erk` the Erdos-Renyi-Kernel split of
 `N - floor((1-k) N)` (both from ticketkit's shared rewire base class). A grown weight starts at
-0 with no momentum (RigL's defaults `grow_init=zeros`, `rigl_acc_scale=0`); a weight dropped
+0 with no momentum (RigL's defaults `grow_init=zeros`, `rigl_acc_scale=0`; `-o regrow=init`
+draws it from `--init` instead, as RigL's `grow_init=initial_dist`); a weight dropped
 and grown back in the same update is left as it was, value and momentum, as in RigL (its mask
 did not change).
 
@@ -49,6 +50,9 @@ class RiglOptions:
     every: str = option("100", "update the masks every N steps (N or Nit), or Nep epochs")
     stop: int = option(0, "last epoch in which masks change (0: 3/4 of --epochs, rounded up)")
     alpha: float = option(0.3, "initial drop fraction, decayed to 0 by a cosine at -o stop")
+    regrow: str = option(
+        "zero", "value of a grown weight: zero, or init (a draw of --init)", ("zero", "init")
+    )
 
 
 class Rigl(RewireMethod):
@@ -90,7 +94,9 @@ class Rigl(RewireMethod):
             if n == 0:
                 continue
             survivors = kept & ~smallest_kept(layer, n)
-            set_mask_zeroing(layer, survivors | grow_by_gradient(grad, survivors, n), optimizers)
+            grown = grow_by_gradient(grad, survivors, n)
+            set_mask_zeroing(layer, survivors | grown, optimizers)
+            self.fill_grown(layer, grown & ~kept)  # dropped and grown back: left as it was
 
 
 def grow_by_gradient(grad: torch.Tensor, survivors: torch.Tensor, n: int) -> torch.Tensor:

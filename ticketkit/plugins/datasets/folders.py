@@ -1,17 +1,21 @@
-"""Datasets of image files in class folders: `imagefolder` (torchvision's ImageFolder layout)
-and `tiny-imagenet` (its own validation layout).
+"""Datasets of image files in class folders: `imagefolder` (torchvision's ImageFolder layout),
+`tiny-imagenet` (its own validation layout) and `imagenet`.
 
     DIR/train/<class>/*.png|jpg|...      (files may sit in sub-folders, e.g. <class>/images/)
     DIR/val/<class>/...  or  DIR/test/<class>/...
     tiny-imagenet-200: DIR/val/images/*.JPEG labelled by DIR/val/val_annotations.txt
 
-For now every image is decoded into memory once, as uint8 tensors like the built-in datasets
-(so batching, seeding, resuming and torchrun sharding are the same code): fine for folders of
-up to a few hundred thousand small images, not for ImageNet, which needs streaming through
-DataLoader workers (issue 18). All images are resized to the size of the first training image
-(tiny-imagenet: 64x64); they are grey (1 channel) when that image is grey, else RGB. Classes
-are the sorted folder names, as in torchvision; normalisation uses the training set's
-per-channel mean and standard deviation. No augmentation.
+Small images are decoded into memory once, as uint8 tensors like the built-in datasets (so
+batching, seeding, resuming and torchrun sharding are the same code): every image at the size
+of the first training image (tiny-imagenet: 64x64), grey (1 channel) when that image is grey,
+else RGB, normalised by the training set's per-channel mean and standard deviation, with no
+augmentation. Folders of photos do not fit in memory, so the rule is: when the first training
+image's shorter side is over `STREAM_ABOVE` (64) pixels, and always for `imagenet`, the source
+is `streamed`: DataLoader workers decode the files each epoch with the ImageNet transforms
+(training/streaming.py) at that shorter side, at most 224 (`imagenet`: 224), normalised by
+statistics of a fixed sample of `STATS_SAMPLE` training images (`imagenet`: the usual ImageNet
+constants). The rule depends on the files alone, so `eval` decodes a ticket's test set as its
+run did. Classes are the sorted folder names, as in torchvision.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from ticketkit.errors import UsageError
 from ticketkit.plugin import DatasetSource
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+STREAM_ABOVE = 64  # a shorter side in pixels: larger images stream from disk
+STATS_SAMPLE = 256  # training images whose pixels estimate a streamed folder's mean and std
 
 
 def _images(folder: Path) -> list[Path]:
@@ -30,7 +36,8 @@ def _images(folder: Path) -> list[Path]:
 
 
 class ImageFolder(DatasetSource):
-    """Class folders under DIR/train and DIR/val (or DIR/test), decoded into memory."""
+    """Class folders under DIR/train and DIR/val (or DIR/test): decoded into memory, or
+    streamed when the first training image is over `STREAM_ABOVE` pixels."""
 
     name = "imagefolder"
     files = "train/<class>/<images> and val/<class>/<images> (or test/), as torchvision's"
@@ -50,6 +57,8 @@ class ImageFolder(DatasetSource):
             if not items:
                 raise UsageError(f"{root / part} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.classes = len(classes)  # type: ignore[misc]
+        if self.streamed or _first_side(train[0][0]) > STREAM_ABOVE:
+            return self._streamed(train, test)
         train_split = _decode(train, None)
         shape = tuple(train_split.images.shape[1:])
         test_split = _decode(test, shape)
@@ -57,6 +66,24 @@ class ImageFolder(DatasetSource):
         self.mean = tuple(x.mean(dim=(0, 2, 3)).tolist())  # type: ignore[misc]
         self.std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())  # type: ignore[misc]
         return train_split, test_split
+
+    def _streamed(self, train: list, test: list) -> tuple[list, list]:
+        """The file lists, once the size, channels and statistics the loader decodes them
+        with are set from the first training image and a fixed sample."""
+        import torch
+
+        from ticketkit.training.streaming import eval_view
+
+        self.streamed = True  # type: ignore[misc]
+        self.size = size = min(_first_side(train[0][0]), 224)  # type: ignore[misc]
+        self.channels = 1 if _is_grey(train[0][0]) else 3  # type: ignore[misc]
+        picked = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+        sample = [train[i] for i in picked[:STATS_SAMPLE].tolist()]
+        x = _decode(sample, (self.channels, size, size), lambda i: eval_view(i, size))
+        x = x.images.float() / 255
+        self.mean = tuple(x.mean(dim=(0, 2, 3)).tolist())  # type: ignore[misc]
+        self.std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())  # type: ignore[misc]
+        return train, test
 
     def _labelled(self, folder: Path, index: dict[str, int]) -> list[tuple[Path, int]]:
         unknown = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name not in index)
@@ -84,8 +111,46 @@ class TinyImageNet(ImageFolder):
         return items
 
 
-def _decode(items: list[tuple[Path, int]], shape: tuple[int, ...] | None) -> Any:
-    """The images as one uint8 tensor (N, C, H, W) at `shape` (default: the first image's)."""
+class ImageNet(ImageFolder):
+    """ImageNet (ILSVRC-2012), streamed: train/<wnid>/ and val/<wnid>/ class folders (the
+    validation images sorted into folders, as torchvision's and timm's scripts expect), 224x224
+    RGB, the usual ImageNet mean and standard deviation. The classes are the folders found (1000
+    for ImageNet; fewer for a subset such as Imagenette)."""
+
+    name = "imagenet"
+    classes = 1000
+    streamed = True
+    size = 224
+    channels = 3
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+    files = "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (validation images sorted into folders)"
+
+    def _streamed(self, train: list, test: list) -> tuple[list, list]:
+        return train, test  # the size, channels and statistics are ImageNet's
+
+
+def _first_side(path: Path) -> int:
+    """The shorter side of an image, read from its header (no decoding)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return min(image.size)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise UsageError(f"{path} is not a readable image ({exc})") from None
+
+
+def _is_grey(path: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.mode in ("L", "1", "I;16", "I")
+
+
+def _decode(items: list[tuple[Path, int]], shape: tuple[int, ...] | None, view: Any = None) -> Any:
+    """The images as one uint8 tensor (N, C, H, W) at `shape` (default: the first image's), or
+    as `view` (a PIL image to a PIL image) makes each."""
     import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
@@ -100,7 +165,9 @@ def _decode(items: list[tuple[Path, int]], shape: tuple[int, ...] | None) -> Any
                     grey = image.mode in ("L", "1", "I;16", "I")
                     shape = (1 if grey else 3, image.height, image.width)
                 image = image.convert("L" if shape[0] == 1 else "RGB")
-                if image.size != (shape[2], shape[1]):
+                if view is not None:
+                    image = view(image)
+                elif image.size != (shape[2], shape[1]):
                     image = image.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
                 array = np.asarray(image, dtype=np.uint8)
         except (OSError, UnidentifiedImageError) as exc:

@@ -16,7 +16,7 @@ from typing import ClassVar
 from ticketkit import hookimpl
 from ticketkit.errors import UsageError
 from ticketkit.plugin import DatasetSource
-from ticketkit.plugins.datasets.folders import ImageFolder, TinyImageNet
+from ticketkit.plugins.datasets.folders import ImageFolder, ImageNet, TinyImageNet
 from ticketkit.specs import DatasetSpec
 
 _IDX_FILES = {
@@ -147,7 +147,8 @@ def ticketkit_register_datasets(register):
         (MNIST, "MNIST digits, 28x28 grey, 10 classes"),
         (CIFAR10, "CIFAR-10, 32x32 RGB, 10 classes, crop+flip augmentation"),
         (CIFAR100, "CIFAR-100, 32x32 RGB, 100 classes, crop+flip augmentation"),
-        (ImageFolder, "class folders DIR/train/<class>, DIR/val/<class>, decoded into memory"),
+        (ImageFolder, "class folders DIR/train/<class>, DIR/val/<class>; over 64px: streamed"),
         (TinyImageNet, "Tiny ImageNet (tiny-imagenet-200), 64x64 RGB, 200 classes, in memory"),
+        (ImageNet, "ImageNet, DIR/train/<wnid>, DIR/val/<wnid>, 224x224 RGB, streamed"),
     ):
         register(DatasetSpec(name=source.name, summary=summary, factory=source))

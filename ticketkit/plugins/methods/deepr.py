@@ -12,7 +12,9 @@ notes A.6):
   gradient, so it is also scaled by lr and passed through Nesterov momentum;
 - weights are signed parameters (w = s theta, the sign not fixed at init): a regrown weight
   starts at 0 and takes the sign of its first update (the code's reading too; sign 0 is never a
-  flip, so a new weight has one free step); in the paper each connection keeps its sign;
+  flip, so a new weight has one free step); with `-o regrow=init` (the code's
+  `--big-new-weights`) it starts at a draw of `--init` with that draw's sign; in the paper each
+  connection keeps its sign;
 - T is constant (the code steps it down on an epoch schedule, research notes A.6); the noise
   stops with the rewiring at epoch `-o stop`;
 - a weight is not regrown in the step that killed it unless its layer has no other room, and
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ticketkit import MethodSpec, hookimpl, option
 from ticketkit.errors import UsageError
-from ticketkit.plugins.methods.rewire import RewireMethod, set_mask_zeroing
+from ticketkit.plugins.methods.rewire import RewireMethod, RewireOptions, set_mask_zeroing
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class DeeprOptions:
+class DeeprOptions(RewireOptions):
     every: str = option("1", "check signs and rewire every N steps (N or Nit), or Nep epochs")
     stop: int = option(0, "last epoch with noise and rewiring (0: until the end of training)")
     temperature: float = option(1e-5, "T: the noise is sqrt(2 lr T) N(0, 1) per step")
@@ -105,6 +107,7 @@ class Deepr(RewireMethod):
                 set_mask_zeroing(layer, keep, optimizers)  # dies: 0, no optimizer state
                 grown = self.grow_random(layer, n, flipped)
                 set_mask_zeroing(layer, keep | grown, optimizers)
+                self.fill_grown(layer, grown)
             self.signs[i] = torch.sign(layer.weight.detach()).cpu()
 
 

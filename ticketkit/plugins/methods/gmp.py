@@ -10,8 +10,9 @@ budget: `N_l - floor((1-k) N_l)` per layer (or the ERK counts with `--density er
 
 Where this differs from the reference code (the DSR code's "compressed sparse" baseline,
 research notes A.8; Zhu & Gupta's TensorFlow `model_pruning`):
-- it starts from the random init of `--arch`, not a trained checkpoint (start 0), and the
-  schedule is stated in kept counts, K_l + floor((N_l - K_l)(1 - j/n)^3), so the last step is
+- it starts from the random init of `--arch` (start 0) unless given a dense checkpoint
+  (`ticketkit rewire CHECKPOINT`, the references' trained start), and the schedule is stated
+  in kept counts, K_l + floor((N_l - K_l)(1 - j/n)^3), so the last step is
   exact; the DSR code prunes int(q * n_active) + 1 per step and lands near the target;
 - pruned weights are set to 0 and lose their optimizer state (the references mask them).
 """

@@ -50,12 +50,14 @@ if TYPE_CHECKING:
     from torch import nn
 
 REWIND = re.compile(r"^(\d+)(ep|it)?$")
+RATE = 0.2  # the LTH papers' per-level rate; --rounds derives its own
 
 
 @dataclass(frozen=True)
 class ImpOptions:
-    rate: float = option(0.2, "fraction of the remaining prunable weights pruned per level")
+    rate: float = option(RATE, "fraction of the remaining prunable weights pruned per level")
     levels: int = option(0, "pruning levels after the dense level 0 (0: until --k is reached)")
+    rounds: int = option(0, "reach --k in exactly this many levels (1: one-shot); not with --rate")
     rewind: str = option("0", "where survivors restart: 0 (the init), Nep or Nit of level 0")
     reinit: str = option(
         "none", "none: rewind the survivors; random: fresh random weights", ("none", "random")
@@ -78,15 +80,26 @@ def parse_rewind(text: str) -> tuple[int, str]:
 
 
 def kept_schedule(
-    sizes: list[int], rate: float, k: float, scope: str, levels: int
+    sizes: list[int], rate: float, k: float, scope: str, levels: int, rounds: int = 0
 ) -> list[list[int]]:
     """Kept counts per level: one total per level at global scope, one count per layer at layer
-    scope. k = 0 sets no target (then `levels` ends the run); levels = 0 sets no limit."""
+    scope. k = 0 sets no target (then `levels` ends the run); levels = 0 sets no limit;
+    rounds > 0 reaches k in exactly that many levels (module docstring)."""
     from ticketkit import kept_count
 
     groups = [sum(sizes)] if scope == "global" else list(sizes)
     targets = [kept_count(n, k) if k else 0 for n in groups]
     schedule = [groups]
+    if rounds:
+        for i in range(1, rounds + 1):
+            fraction = k ** (i / rounds)
+            schedule.append(
+                [
+                    t if i == rounds else max(min(kept_count(n, fraction), r - 1), t)
+                    for n, r, t in zip(groups, schedule[-1], targets, strict=True)
+                ]
+            )
+        return schedule
     while schedule[-1] != targets and (not levels or len(schedule) <= levels):
         schedule.append(
             [
@@ -111,6 +124,15 @@ class Imp(WeightMethod):
             raise UsageError(f"--rate must be in (0, 1), the fraction pruned; got {options.rate}")
         if options.levels < 0:
             raise UsageError(f"--levels must be >= 0; got {options.levels}")
+        if options.rounds < 0:
+            raise UsageError(f"--rounds must be >= 1 (1: one-shot); got {options.rounds}")
+        if options.rounds and (options.levels or options.rate != RATE):
+            given = "--levels" if options.levels else "--rate"
+            raise UsageError(
+                f"--rounds sets the levels and their rate from --k: drop {given} (or --rounds)"
+            )
+        if options.rounds and not setup.k:
+            raise UsageError("--rounds reaches --k in that many levels: pass --k too")
         if not setup.k and not options.levels:
             raise UsageError("imp needs a target: pass --k (kept fraction) or --levels N")
         count, unit = self.rewind_at
@@ -132,9 +154,14 @@ class Imp(WeightMethod):
         super().prepare(model)  # every prunable weight kept, everything trainable
         o, s = self.options, self.setup
         sizes = [layer.numel for layer in masked_layers(model)]
-        self.schedule = kept_schedule(sizes, o.rate, s.k, s.scope, o.levels)
-        if len(self.schedule) == 1:
+        self.schedule = kept_schedule(sizes, o.rate, s.k, s.scope, o.levels, o.rounds)
+        if self.schedule[-1] == self.schedule[0]:
             raise UsageError(f"--k {s.k:g} keeps every prunable weight: there is nothing to prune")
+        levels = zip(self.schedule, self.schedule[1:], strict=False)
+        if any(a == b for a, b in levels):  # a level that prunes nothing: only with --rounds
+            raise UsageError(
+                f"--rounds {o.rounds}: more levels than weights to prune down to --k {s.k:g}"
+            )
         count, unit = self.rewind_at
         if unit == "it" and count > self.ctx.steps_per_epoch * s.epochs:
             steps = self.ctx.steps_per_epoch * s.epochs

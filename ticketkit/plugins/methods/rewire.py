@@ -19,10 +19,22 @@ sections A.2, A.11 and B):
   layer has no other room (then the budget wins).
 - The initial mask is uniformly random with exactly the layer's count (a seeded generator that
   is method state, so a resumed run draws the same regrowth).
+- `-o regrow=init` gives a regrown weight a fresh draw of `--init` at the layer's fan-in instead
+  of 0 (the DSR code's `--big-new-weights`, original SET; RigL's `grow_init`): still with no
+  optimizer state. The draw is from the run's own initializer, not the DSR code's fixed He-normal.
+- The update period may grow over training (`-o period-schedule`): `doubling` doubles `-o every`
+  at 1/4, 1/2 and 3/4 of the epochs, the DSR code's 100 -> 200 -> 400 -> 800 at epochs
+  0/25/50/75 of 100 (A.4), and `E:N,E:N,...` is the code's piecewise-constant YAML schedule
+  (the period of the last entry whose epoch is <= the current one; `-o every` before the
+  first). As in the code, an update falls on a step t with t mod period(epoch) = 0.
+- `--dense-shortcuts` (`Setup.dense_shortcuts`) leaves 1x1 shortcut convs dense: a Conv with a
+  1x1 kernel inside a module named `shortcut` or `downsample` (ticketkit's WRNs and ResNets,
+  torchvision's and timm's ResNets), as the DSR paper keeps them (A.2).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,14 +50,69 @@ if TYPE_CHECKING:
     from ticketkit.masks import Layer
 
 PERIOD = re.compile(r"^(\d+)(ep|it)?$")
+SHORTCUT_NAMES = ("shortcut", "downsample")
+REGROW = ("zero", "init")
 
 
 @dataclass(frozen=True)
 class RewireOptions:
-    """The options every rewiring method shares (`-o every=...`, `-o stop=...`)."""
+    """The options every rewiring method shares (`-o every=...`, `-o stop=...`,
+    `-o period-schedule=...`, `-o regrow=...`)."""
 
     every: str = option("100", "update the masks every N steps (N or Nit), or Nep epochs")
     stop: int = option(0, "last epoch in which masks change (0: until the end of training)")
+    period_schedule: str = option(
+        "constant",
+        "how the period grows: constant, doubling (x2 at 1/4, 1/2, 3/4 of the epochs), "
+        "or EPOCH:N,... (the period from each epoch on)",
+    )
+    regrow: str = option(
+        "zero", "value of a regrown weight: zero, or init (a draw of --init)", REGROW
+    )
+
+
+def is_shortcut(path: str, module: Any) -> bool:
+    """Whether a prunable layer is a 1x1 shortcut (projection) conv of a residual block: a
+    Conv with an all-ones kernel inside a module named `shortcut` or `downsample`. By name,
+    because a bottleneck's own 1x1 convs have the same shape."""
+    from torch import nn
+
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return False
+    parts = path.split(".")
+    return all(k == 1 for k in module.kernel_size) and any(p in SHORTCUT_NAMES for p in parts)
+
+
+def parse_period(text: str, steps_per_epoch: int, what: str) -> int:
+    """`N`, `Nit` (steps) or `Nep` (epochs) as a number of optimizer steps, N >= 1."""
+    found = PERIOD.match(str(text).strip())
+    if found is None or int(found.group(1)) < 1:
+        raise UsageError(f"{what} must be N, Nit or Nep with N >= 1; got '{text}'")
+    n = int(found.group(1))
+    return n * steps_per_epoch if found.group(2) == "ep" else n
+
+
+def period_schedule(text: str, epochs: int) -> list[tuple[int, int, str | None]]:
+    """`-o period-schedule` as (first epoch, multiple of `-o every`, or 0 and the period's own
+    text) in epoch order. `constant`: `every` throughout; `doubling`: `every` doubled at 1/4,
+    1/2 and 3/4 of `epochs` (the DSR code's 0/25/50/75 of 100); `E:N,...`: N from epoch E."""
+    text = str(text).strip()
+    if text == "constant":
+        return [(0, 1, None)]
+    if text == "doubling":
+        return [(0, 1, None)] + [(math.ceil(j * epochs / 4), 2**j, None) for j in (1, 2, 3)]
+    entries: list[tuple[int, int, str | None]] = []
+    for item in text.split(","):
+        epoch, sep, period = item.partition(":")
+        if not sep or not epoch.strip().isdigit():
+            raise UsageError(
+                "-o period-schedule must be constant, doubling, or EPOCH:N,... "
+                f"(e.g. 0:100,25:200,50:400); got '{text}'"
+            )
+        entries.append((int(epoch), 0, period.strip()))
+    if [e for e, _, _ in entries] != sorted({e for e, _, _ in entries}):
+        raise UsageError(f"-o period-schedule: epochs must increase; got '{text}'")
+    return entries
 
 
 def erk_counts(shapes: list[tuple[int, ...]], k: float) -> list[int]:
@@ -102,9 +169,10 @@ class RewireMethod(WeightMethod):
     (called under no_grad with `masked_layers(model)`), changing masks only through
     `set_mask_zeroing`; optionally `initial_counts` (gmp starts dense), `active` (when masks
     may change) and `default_scope = "global"` (one budget over the network). Options are
-    read from `self.options.every` / `.stop`: subclass `RewireOptions` or declare both.
-    `budgets`, `period` and `grow_random` (drawn on the method's seeded generator, restored
-    on resume) are there to use.
+    read from `self.options.every` / `.stop` (and `.period_schedule`, `.regrow` where
+    declared): subclass `RewireOptions` or declare them. `budgets`, `period`, `grow_random`
+    (drawn on the method's seeded generator, restored on resume) and `fill_grown` (the
+    `-o regrow` value of new weights) are there to use.
     """
 
     default_init = "kaiming-normal"
@@ -115,14 +183,25 @@ class RewireMethod(WeightMethod):
         self._rng = torch.Generator().manual_seed(self.setup.seed + 104729)
         super().prepare(model)  # attaches the masks, then `choose_masks`
 
-    def period(self) -> int:
-        """`-o every` in optimizer steps."""
-        text = str(getattr(self.options, "every", "100"))
-        found = PERIOD.match(text.strip())
-        if found is None or int(found.group(1)) < 1:
-            raise UsageError(f"-o every must be N, Nit or Nep with N >= 1; got '{text}'")
-        n = int(found.group(1))
-        return n * self.ctx.steps_per_epoch if found.group(2) == "ep" else n
+    def exclude(self, path: str, module: nn.Module) -> bool:
+        """The base policy, plus 1x1 shortcut convs with `--dense-shortcuts`."""
+        if getattr(self.setup, "dense_shortcuts", False) and is_shortcut(path, module):
+            return True
+        return super().exclude(path, module)
+
+    def period(self, epoch: int | None = None) -> int:
+        """The update period in optimizer steps at `epoch` (default: the current one):
+        `-o every`, as `-o period-schedule` grows it."""
+        steps, what = self.ctx.steps_per_epoch, "-o period-schedule"
+        every = parse_period(getattr(self.options, "every", "100"), steps, "-o every")
+        epoch = self.ctx.epoch if epoch is None else epoch
+        schedule = getattr(self.options, "period_schedule", "constant")
+        period = every
+        for start, times, text in period_schedule(schedule, self.ctx.epochs):
+            if start > epoch:
+                break
+            period = every * times if text is None else parse_period(text, steps, what)
+        return period
 
     def budgets(self, layers: list[Layer]) -> list[int]:
         """The kept count of every masked layer at the end of training (`--density`)."""
@@ -147,7 +226,13 @@ class RewireMethod(WeightMethod):
         stop = int(getattr(self.options, "stop", 0))
         if stop < 0:
             raise UsageError(f"-o stop must be an epoch >= 0 (0: never freeze); got {stop}")
-        self.period()  # a bad `every` fails before any work
+        self.period(0)  # a bad `every` or schedule fails before any work, whatever its epoch
+        schedule = getattr(self.options, "period_schedule", "constant")
+        for _, _, text in period_schedule(schedule, self.ctx.epochs):
+            if text is not None:
+                parse_period(text, self.ctx.steps_per_epoch, "-o period-schedule")
+        if getattr(self.options, "regrow", "zero") not in REGROW:
+            raise UsageError(f"-o regrow must be one of {', '.join(REGROW)}")
         layers = masked_layers(model)
         for layer, count in zip(layers, self.initial_counts(layers), strict=True):
             keep = torch.zeros(layer.numel, dtype=torch.bool)
@@ -200,6 +285,24 @@ class RewireMethod(WeightMethod):
         grown = torch.zeros(layer.numel, dtype=torch.bool)
         grown[picked] = True
         return grown.view(layer.shape).to(layer.mask.device)
+
+    def fill_grown(self, layer: Layer, grown: torch.Tensor) -> None:
+        """Give the newly grown positions `grown` (already kept, optimizer state cleared) their
+        starting value: 0 as they are (`-o regrow=zero`), or with `-o regrow=init` a fresh
+        draw of the run's `--init` at the layer's fan-in (unscaled, as the random network's),
+        on the method's generator so a resumed run draws the same."""
+        import torch
+
+        from ticketkit.registry import get_initializer
+
+        n = int(grown.sum())
+        if getattr(self.options, "regrow", "zero") != "init" or n == 0:
+            return
+        init = get_initializer(self.setup.init or self.default_init).load()
+        values = torch.empty(n, dtype=layer.weight.dtype)
+        fan = float(layer.numel // layer.shape[0])
+        init(values, fan=fan, gain=math.sqrt(2.0), generator=self._rng)
+        layer.weight[grown.to(layer.weight.device)] = values.to(layer.weight.device)
 
 
 def smallest_kept(layer: Layer, n: int) -> torch.Tensor:

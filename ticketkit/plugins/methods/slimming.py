@@ -4,24 +4,37 @@ detection (You et al., ICLR 2020) as an option.
 
 Stage "0" trains the dense network with an L1 penalty `l1 * sum |gamma|` on the scales of the
 BatchNorms that follow a conv (or linear) layer, added through `loss_term`, so unimportant
-channels shrink towards zero. Stage "1" starts with one global threshold on |gamma| over all
-those channels: the `K = C - floor((1-k) C)` largest are kept (`--k` is a fraction of
-*channels*, not of weights). A pruned channel is zeroed whole: the filter of the layer that
-feeds its BatchNorm is masked (a filter mask on that conv, so the ticket file keeps none of its
-weights) and the BatchNorm's scale and shift are set to zero and held there while stage "1"
-fine-tunes the rest; the channel's output is then 0 after ReLU or sign, whatever its input.
+channels shrink towards zero. Stage "1" starts with one global threshold over all those
+channels: the `K = U - floor((1-k) U)` highest-scoring of the U pruning units are kept (`--k`
+is a fraction of *channels*, not of weights). A pruned channel is zeroed whole: the filter of
+the layer that feeds its BatchNorm is masked (a filter mask on that conv, so the ticket file
+keeps none of its weights) and the BatchNorm's scale and shift are set to zero and held there
+while stage "1" fine-tunes the rest; the channel's output is then 0 after ReLU or sign,
+whatever its input.
 
-Which layer feeds which BatchNorm is read off the traced forward (torch.fx), through
-channel-preserving modules (max-pool, identity, dropout). A network that adds or concatenates
-feature maps (residual blocks) is refused: the channels joined there would have to be pruned
-together, which this first version does not do. It works on plain stacks: vgg11-bn, vgg16-bn,
-vgg-small, and conv2-8 / mlp with `-A binary_act=true` (their BatchNorms).
+Residual networks: a unit is the set of channels a residual addition joins
+(`slimming_groups.py`, read off the traced forward): in a plain stack every channel is its own
+unit and the score is its |gamma|; in a ResNet the residual stream's channel c is one unit
+with every BatchNorm that writes it (the stem's, each block's last, a projection shortcut's),
+scored by the largest |gamma| among them, and pruned or kept as one, so the sum it flows
+through is zero exactly when the unit is pruned. A residual channel therefore counts once in
+U, however many BatchNorms write it. This is our choice over the reference code's for
+pre-activation ResNets, which never prunes the residual stream and slims only the blocks' inner
+channels (a `channel_selection` layer picks each block's inputs): a mask-based ticket has no
+channel-alignment problem to avoid, and the residual stream is a large share of a ResNet's
+channels. The largest |gamma| (not the sum or mean) keeps a unit whenever any of its writers
+would have kept its channel alone, and scores a unit on the same scale as an inner channel.
+In a pre-activation network (wrn-28-2) the residual stream is normalised by BatchNorms fed by
+the addition, not by a conv, so it has no unit and only the blocks' inner channels are pruned:
+there the rule is the reference's. It works on vgg11-bn, vgg16-bn, vgg-small, resnet20-56,
+resnet18-50, wrn-* and conv2-8 / mlp with `-A binary_act=true`; concatenations, and additions
+of a tensor no BatchNorm scale controls, are refused with one line.
 
 Where this differs from the reference code (github.com/Eric-mingjie/network-slimming, and the
 Early-Bird code built on it), deliberately:
 - The penalty is a loss term (autograd gives s * sign(gamma), the reference's `-sr` update),
   and only during dense training; the reference fine-tunes without it, Early-Bird keeps it on.
-- The threshold keeps exactly K channels (a stable sort: ties go to the lower index); the
+- The threshold keeps exactly K units (a stable sort: ties go to the lower index); the
   reference keeps |gamma| > sorted[int(C p)], a strict test that may keep fewer with ties.
 - Channels are pruned by masks, not removed: a layer may lose all of its channels without
   breaking anything (the reference VGG pruner fails there); `ticketkit export` makes such a
@@ -45,12 +58,11 @@ from ticketkit import MethodSpec, hookimpl, option
 from ticketkit.errors import UsageError
 from ticketkit.plugin import Stage, WeightMethod
 from ticketkit.plugins.methods import early_bird
+from ticketkit.plugins.methods.slimming_groups import PLAIN_ARCHS, channel_units
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-PLAIN_ARCHS = "vgg11-bn, vgg16-bn, vgg-small, or conv2-8 / mlp with -A binary_act=true"
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,8 @@ class Slimming(WeightMethod):
     ticket_granularity: ClassVar[str] = "filter"  # whole output channels of convs
     # the digits MLP of the contract checks has BatchNorm only with sign activations
     contract_arch_options: ClassVar[dict[str, Any]] = {"binary_act": True}
-    _not_state = (*WeightMethod._not_state, "groups")  # rebuilt by prepare from the model
+    # rebuilt by prepare from the model
+    _not_state = (*WeightMethod._not_state, "groups", "units", "channels")
 
     def __init__(self, options: SlimmingOptions, setup: Any) -> None:
         super().__init__(options, setup)
@@ -86,15 +99,26 @@ class Slimming(WeightMethod):
         from ticketkit import kept_count
         from ticketkit.masks import masked_layers
 
-        groups = bn_groups(model)  # (BatchNorm path, path of the layer feeding it)
+        # (BatchNorm path, path of the layer feeding it), and the channels pruned together
+        groups, units = channel_units(model)
+        if not groups:
+            raise UsageError(
+                "slimming ranks channels by the scales of BatchNorms that follow a conv or "
+                f"linear layer, and this network has none; use {PLAIN_ARCHS}"
+            )
         super().prepare(model)  # every weight kept, everything trainable
         masked = {layer.path for layer in masked_layers(model)}
-        self.groups = [group for group in groups if group[1] in masked]  # not --dense-first's
-        if not self.groups:
+        self.groups = groups
+        owner = [g for g, (bn, _) in enumerate(groups) for _ in range(_bn(model, bn).num_features)]
+        # a unit with a channel of a layer left dense (--dense-first) is not pruned at all
+        self.units = [u for u in units if all(groups[owner[i]][1] in masked for i in u)]
+        self.channels = len(owner)
+        if not self.units:
             raise UsageError("slimming: every layer that feeds a BatchNorm is left dense")
-        channels = sum(_bn(model, bn).num_features for bn, _ in self.groups)
-        if kept_count(channels, self.setup.k) == channels:
-            raise UsageError(f"--k {self.setup.k:g} keeps every one of the {channels} channels")
+        if kept_count(len(self.units), self.setup.k) == len(self.units):
+            raise UsageError(
+                f"--k {self.setup.k:g} keeps every one of the {len(self.units)} channels"
+            )
         self.eb_history: list[torch.Tensor] = []  # Early-Bird's window of channel masks
         self.keep: list[torch.Tensor] = []  # per group, the kept channels (stage "1")
 
@@ -107,16 +131,18 @@ class Slimming(WeightMethod):
         return self.options.l1 * sum(_bn(model, bn).weight.abs().sum() for bn, _ in self.groups)
 
     def channel_mask(self, model: nn.Module) -> torch.Tensor:
-        """The global threshold: True for the K channels of largest |gamma| over every group,
-        in group order (ties to the lower index)."""
+        """The global threshold: True for the K units of largest score over the network, in
+        unit order (ties to the lower index). A unit's score is the largest |gamma| of its
+        channels: the residual channel matters as much as its most important writer."""
         import torch
 
         from ticketkit import kept_count
 
         gammas = torch.cat([_bn(model, bn).weight.detach().abs().cpu() for bn, _ in self.groups])
-        order = torch.argsort(gammas, descending=True, stable=True)
-        keep = torch.zeros(gammas.numel(), dtype=torch.bool)
-        keep[order[: kept_count(gammas.numel(), self.setup.k)]] = True
+        scores = torch.stack([gammas[unit].max() for unit in self.units])
+        order = torch.argsort(scores, descending=True, stable=True)
+        keep = torch.zeros(scores.numel(), dtype=torch.bool)
+        keep[order[: kept_count(scores.numel(), self.setup.k)]] = True
         return keep
 
     def end_epoch(self, model: nn.Module, metrics: dict[str, Any]) -> str | None:
@@ -142,11 +168,15 @@ class Slimming(WeightMethod):
 
         if stage.name != "1":
             return
-        sizes = [_bn(model, bn).num_features for bn, _ in self.groups]
-        self.keep = list(self.channel_mask(model).split(sizes))
+        keep = torch.ones(self.channels, dtype=torch.bool)
+        for unit, kept in zip(self.units, self.channel_mask(model), strict=True):
+            keep[unit] = kept  # every channel of a unit together
+        self.keep = list(keep.split([_bn(model, bn).num_features for bn, _ in self.groups]))
         layers = {layer.path: layer for layer in masked_layers(model)}
         with torch.no_grad():
             for (_, path), keep in zip(self.groups, self.keep, strict=True):
+                if keep.all():  # nothing pruned (or a layer left dense): its mask stays
+                    continue
                 layer = layers[path]
                 rows = keep.to(layer.mask.device).view(-1, *[1] * (len(layer.shape) - 1))
                 layer.set_mask((layer.mask.bool() & rows).to(layer.mask.dtype))
@@ -158,73 +188,15 @@ class Slimming(WeightMethod):
             self._zero_affines(model)
 
     def _zero_affines(self, model: nn.Module) -> None:
-        import torch
+        """The filter tickets' convention (masks/channels.py): an empty filter's BatchNorm
+        channel (scale, shift, running mean) and bias are zero."""
+        from ticketkit.masks.channels import zero_empty_channels
 
-        with torch.no_grad():
-            for (bn, _), keep in zip(self.groups, self.keep, strict=True):
-                module = _bn(model, bn)
-                pruned = ~keep.to(module.weight.device)
-                module.weight[pruned] = 0.0
-                module.bias[pruned] = 0.0
+        zero_empty_channels(model, self.groups)
 
 
 def _bn(model: nn.Module, path: str) -> Any:
     return model.get_submodule(path)
-
-
-def bn_groups(model: nn.Module) -> list[tuple[str, str]]:
-    """(BatchNorm path, path of the Conv/Linear whose output it normalises) for every affine
-    BatchNorm fed by one, in forward order; a clear error for networks this method cannot
-    slim (residual additions or concatenations, no such BatchNorm, no affine)."""
-    import operator
-
-    import torch
-    from torch import fx, nn
-    from torch.nn.utils import parametrize
-
-    class Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return not list(m.children()) or parametrize.is_parametrized(m)
-
-    try:
-        graph = Tracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot read the graph"
-        raise UsageError(
-            f"slimming cannot trace this network's forward ({type(exc).__name__}); it slims "
-            f"plain conv stacks: {PLAIN_ARCHS}"
-        ) from None
-    joins = {operator.add, operator.iadd, torch.add, torch.cat, torch.stack}
-    passes = (nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Dropout, nn.Dropout2d)
-    modules = dict(model.named_modules())
-    groups = []
-    for node in graph.nodes:
-        if node.target in joins or (node.op == "call_method" and node.target in ("add", "add_")):
-            raise UsageError(
-                "slimming does not yet prune networks that add or concatenate feature maps "
-                "(residual blocks): their joined channels would have to be pruned together; "
-                f"use {PLAIN_ARCHS}"
-            )
-        if node.op != "call_module" or not isinstance(
-            modules[node.target], nn.modules.batchnorm._BatchNorm
-        ):
-            continue
-        source = node.args[0]
-        while source.op == "call_module" and isinstance(modules[source.target], passes):
-            source = source.args[0]
-        feeder = modules.get(source.target) if source.op == "call_module" else None
-        width = getattr(feeder, "out_channels", getattr(feeder, "out_features", None))
-        if isinstance(feeder, nn.Conv2d | nn.Linear) and width == modules[node.target].num_features:
-            if modules[node.target].weight is None:
-                raise UsageError(
-                    "slimming ranks channels by BatchNorm scales: drop affine_bn=false"
-                )
-            groups.append((node.target, source.target))
-    if not groups:
-        raise UsageError(
-            "slimming ranks channels by the scales of BatchNorms that follow a conv or linear "
-            f"layer, and this network has none; use {PLAIN_ARCHS}"
-        )
-    return groups
 
 
 @hookimpl

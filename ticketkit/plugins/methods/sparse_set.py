@@ -9,9 +9,12 @@ the original SET):
 - the number dropped is floor(zeta * kept) (the DSR code drops int(zeta * kept) + 1, RigL
   floor); ties in |W| go to the lower index;
 - regrown weights start at 0 with their optimizer state cleared (the DSR code leaves stale
-  momentum; original SET draws them at random);
-- the update period is `-o every` steps (the original rewires once per epoch: `-o every=1ep`),
-  and the initial mask is uniformly random (`--density erk` for SET's Erdos-Renyi-like start).
+  momentum); `-o regrow=init` draws them from `--init` instead, as original SET draws them at
+  random and the DSR code's `--big-new-weights`;
+- the update period is `-o every` steps, constant by default (the original rewires once per
+  epoch: `-o every=1ep`; the DSR paper's SET runs used DSR's growing period:
+  `-o period-schedule=doubling`), and the initial mask is uniformly random (`--density erk` for
+  SET's Erdos-Renyi-like start).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class Set(RewireMethod):
             set_mask_zeroing(layer, keep, optimizers)  # drop first: grown weights start at 0
             grown = self.grow_random(layer, n, dropped)
             set_mask_zeroing(layer, keep | grown, optimizers)
+            self.fill_grown(layer, grown)
 
 
 @hookimpl

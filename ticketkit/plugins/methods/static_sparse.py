@@ -21,7 +21,7 @@ class StaticSparse(RewireMethod):
     def active(self) -> bool:
         return False
 
-    def period(self) -> int:
+    def period(self, epoch: int | None = None) -> int:
         return 1  # no `-o every`: nothing is ever updated
 
 

@@ -59,7 +59,7 @@ class Tied(RewireMethod):
     def active(self) -> bool:
         return False  # the map is fixed: nothing to rewire
 
-    def period(self) -> int:
+    def period(self, epoch: int | None = None) -> int:
         return 1  # no `-o every`
 
     def end_epoch(self, model: nn.Module, metrics: dict[str, Any]) -> str | None:
