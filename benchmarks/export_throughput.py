@@ -12,9 +12,9 @@ The tickets are magnitude filter tickets (per layer, filters ranked by L2 norm, 
 `prune --method magnitude --granularity filter`) of a randomly initialised network whose
 BatchNorm statistics come from one train-mode pass: inference time does not depend on the
 weights' values, only on shapes. Each round times every model of every ticket for `--iters`
-forward passes, the order of the models alternating between rounds; a ratio is the median over
-rounds of (images/s of one) / (images/s of the other) in the same round, so machine drift
-cancels.
+forward passes (images/s from the fastest of them: other processes only add time), the order
+of the models alternating between rounds; a ratio is the median over rounds of (images/s of
+one) / (images/s of the other) in the same round, so machine drift cancels.
 
 Bytes: ticket file against the same network as a float32 safetensors checkpoint (what
 `eval --efficiency` reports), for tickets of biprop, hydra, Bop (SynFlow + Bop, `peek-a-boo`'s
@@ -68,10 +68,14 @@ def filter_ticket(arch: str, k: float, path: Path) -> Path:
 
 @torch.no_grad()
 def images_per_s(model: torch.nn.Module, x: torch.Tensor, iters: int) -> float:
-    start = time.perf_counter()
+    """Images per second of the fastest of `iters` forward passes: on a shared machine the
+    other processes only ever add time, so the minimum is the least disturbed measurement."""
+    best = float("inf")
     for _ in range(iters):
+        start = time.perf_counter()
         model(x)
-    return iters * x.shape[0] / (time.perf_counter() - start)
+        best = min(best, time.perf_counter() - start)
+    return x.shape[0] / best
 
 
 def throughput(args: argparse.Namespace, tmp: Path) -> list[str]:

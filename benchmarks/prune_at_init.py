@@ -81,7 +81,7 @@ def child(what: str, arch: str, iterations: int, images: int) -> dict[str, Any]:
                       beneath=registry.method_defaults)
         method = make_method(cfg, "prune")
         model = build_model(arch, ds.input)
-        init_weights(model, cfg.init, seed=0)
+        init_weights(model, cfg.init or type(method).default_init, seed=0)
         inner = method.choose_masks
         measured: dict[str, Any] = {}
 
@@ -116,6 +116,31 @@ def child(what: str, arch: str, iterations: int, images: int) -> dict[str, Any]:
             "batch_size": cfg.batch_size, "peak_bytes": _status("VmHWM") - rss}
 
 
+def cut_test_set(out: str, n: int) -> str:
+    """A --data directory: the installed Fashion-MNIST training files (linked) and the first
+    `n` test images and labels, as idx files."""
+    import gzip
+    import struct
+
+    from ticketkit.training.data import candidate_dirs
+
+    src = next(d for d in candidate_dirs("fashion-mnist", None)
+               if (d / "t10k-images-idx3-ubyte.gz").exists())
+    dst = Path(out) / f"fashion-mnist-test{n}"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        if not (dst / name).exists():
+            (dst / name).symlink_to(src / name)
+    images = gzip.open(src / "t10k-images-idx3-ubyte.gz").read()
+    labels = gzip.open(src / "t10k-labels-idx1-ubyte.gz").read()
+    magic, _, rows, cols = struct.unpack(">IIII", images[:16])
+    (dst / "t10k-images-idx3-ubyte").write_bytes(
+        struct.pack(">IIII", magic, n, rows, cols) + images[16 : 16 + n * rows * cols])
+    magic, _ = struct.unpack(">II", labels[:8])
+    (dst / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", magic, n) + labels[8 : 8 + n])
+    return str(dst)
+
+
 def run_child(*args: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
                          capture_output=True, text=True)
@@ -133,16 +158,19 @@ def main() -> None:
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data", default=None,
                    help="dataset directory (--data); default: where ticketkit looks")
-    p.add_argument("--subset", type=int, default=2000)
+    p.add_argument("--test-images", type=int, default=2000,
+                   help="evaluate on the first N test images: a copy of the Fashion-MNIST files "
+                   "with the test set cut, under --out, passed as --data (0: the full test set)")
+    p.add_argument("--subset", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--ks", default="0.1,0.01,0.001")
     p.add_argument("--methods", default=METHODS)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--synflow-iterations", type=int, default=100)
     p.add_argument("--cost-arch", default="resnet18")
-    p.add_argument("--cost-images", type=int, default=1024,
+    p.add_argument("--cost-images", type=int, default=512,
                    help="random images in the timed dense epoch (scaled to 50,000)")
     p.add_argument("--cost-repeats", type=int, default=2)
     p.add_argument("--skip-accuracy", action="store_true")
@@ -156,6 +184,8 @@ def main() -> None:
 
     began = time.time()
     report: dict[str, Any] = {"accuracy": {}, "cost": []}
+    if args.test_images and args.data is None and args.dataset == "fashion-mnist":
+        args.data = cut_test_set(args.out, args.test_images)
     if not args.skip_accuracy:
         from ticketkit import jobs, registry
         from ticketkit.runs.config import PruneConfig, resolve

@@ -40,9 +40,10 @@ def parse_settings(text: str) -> list[dict[str, Any]]:
     out = []
     for item in text.split(","):
         if item:
-            arch, k, subset, epochs, lr, every = item.split(":")
+            arch, k, subset, epochs, lr, every, *batch = item.split(":")
             out.append({"arch": arch, "k": float(k), "subset": int(subset) or None,
-                        "epochs": int(epochs), "lr": float(lr), "every": every})
+                        "epochs": int(epochs), "lr": float(lr), "every": every,
+                        "batch": int(batch[0]) if batch else 128})
     return out
 
 
@@ -50,6 +51,7 @@ def train(method: str, s: dict[str, Any], seed: int, out: str, epochs: int | Non
           force: bool = False):
     common = {"arch": s["arch"], "dataset": "fashion-mnist", "subset": s["subset"],
               "epochs": epochs or s["epochs"], "lr": s["lr"], "seed": seed, "out": out,
+              "batch_size": s["batch"],
               "eval_every": 0}
     if method == "dense":
         return jobs.pretrain(resolve(PretrainConfig, common), force=force)
@@ -60,15 +62,16 @@ def train(method: str, s: dict[str, Any], seed: int, out: str, epochs: int | Non
 
 
 def epoch_seconds(result) -> float:
+    """The last epoch's training seconds (a forced rerun appends to metrics.jsonl)."""
     lines = Path(result.path).parent.joinpath("metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
-    return sum(r["seconds"] for r in records if "seconds" in r)
+    return [r["seconds"] for r in records if "seconds" in r][-1]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--settings", default="mlp:0.02:20000:5:0.1:25,conv2:0.1:3000:2:0.01:10",
-                   help="arch:k:subset:epochs:lr:every, comma-separated (subset 0: all)")
+    p.add_argument("--settings", default="mlp:0.02:20000:5:0.1:25,conv2:0.1:3000:2:0.05:10:32",
+                   help="arch:k:subset:epochs:lr:every[:batch], comma-separated (subset 0: all)")
     p.add_argument("--methods", default=METHODS)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--cost-methods", default="static,set,dsr,rigl")
@@ -116,7 +119,8 @@ def main() -> None:
     if report["accuracy"]:
         print(f"\nTest top-1 % on fashion-mnist, mean ± std over seeds {args.seeds}:\n")
         print("| method | " + " | ".join(
-            f"{s['arch']} k={s['k']} ({s['subset'] or 'all'} x {s['epochs']} ep, lr {s['lr']:g})"
+            f"{s['arch']} k={s['k']} ({s['subset'] or 'all'} x {s['epochs']} ep, batch {s['batch']}, "
+            f"lr {s['lr']:g}, every {s['every']})"
             for s in settings) + " |")
         print("| --- | " + " | ".join("---:" for _ in settings) + " |")
         for method in methods:

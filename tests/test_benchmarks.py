@@ -56,3 +56,14 @@ def test_mask_overhead_replaced_selectors_do_all_the_selection(monkeypatch):
     layers = sparsifier_of(model).layers
     assert len(calls) == 3 * len(layers)  # every layer, every step
     assert all(int(layer.mask.sum()) == layer.param.kept for layer in layers)
+
+
+@pytest.mark.slow  # two exports of a full-width resnet20: ~20 s on a busy 2-core machine
+def test_export_throughput_prints_its_table():
+    lines = _run(
+        "export_throughput.py",
+        *("--archs", "resnet20", "--ks", "0.5", "--batches", "2"),
+        *("--rounds", "1", "--iters", "1", "--no-bytes"),
+    )
+    row = lines[-1].split("|")
+    assert row[1].strip() == "resnet20" and row[-2].strip().endswith("x"), lines

@@ -66,8 +66,8 @@ class Removal:
         if self.zero_kept:
             notes.append(
                 f"{self.zero_kept} zero filters kept: BatchNorm (or a bias) turns their 0 into "
-                "a constant that the next layer reads, or they feed a residual sum whose other "
-                "inputs are not zero"
+                "a constant that the next layer reads (`prune --granularity filter` zeroes "
+                "that channel with its filter: masks/channels.py)"
             )
         return "; ".join(notes) or None
 
@@ -128,7 +128,7 @@ class Widen(nn.Module):
         y = self.inner(x)
         shape = list(y.shape)
         shape[1] = self.width
-        return y.new_zeros(shape).index_copy(1, self.index, y)
+        return y.new_zeros(shape).index_copy_(1, self.index, y)  # in place: no second copy
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
