@@ -14,7 +14,7 @@ checkpoints). Accuracy: the level-1 ticket of each (the same retraining budget).
 Runs through ticketkit's job API, every search a resumable run directory under --out
 (re-running reuses finished searches; the timing of a reused search is not measured again).
 
-    nice -n 5 python benchmarks/lth_controls.py --out /tmp/bench/lth
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/lth_controls.py --out /tmp/bench/lth
     (defaults: --controls mlp:10000:3:0.1,conv2:3000:1:0.01 --early-bird mlp:10000:20:0.1
      --levels 5 --rate 0.2 --seeds 0,1,2; SGD momentum 0.9, cosine, batch 128, eval only at
      the end of each level)

@@ -12,7 +12,9 @@ epoch each, `--force`), alternated in this process, the order rotated every roun
 the epoch's `seconds` in metrics.jsonl (the training loop only, mask updates included, not the
 final evaluation). Ratio to the static epoch of the same round, median over the rounds.
 
-    nice -n 5 python benchmarks/rewire_accuracy.py --out /tmp/bench/rewire
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/rewire_accuracy.py --out /tmp/bench/rewire
+    (defaults: --settings mlp:0.02:20000:5:0.1:25,conv2:0.1:3000:2:0.05:10:32 --seeds 0,1,2
+     --cost-rounds 7,2; SGD momentum 0.9, cosine, wd 1e-4; results in benchmarks/RESULTS.md)
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from ticketkit import Context, InputSpec, Setup, build_model, kept_count
 from ticketkit.artifacts.ticket import Ticket
 from ticketkit.masks import masked_layers
 from ticketkit.plugins.methods.deepr import Deepr, DeeprOptions
-from ticketkit.plugins.methods.tied import Tied
+from ticketkit.plugins.methods.tied import Tied, TiedOptions
 
 DIGITS = InputSpec(1, 8, 8, 10)
 
@@ -122,10 +122,12 @@ def test_tied_layers_train_exactly_k_n_values(optimizer):
         assert not torch.equal(flat, w0.flatten()) and bool(layer.mask.all())
 
 
-def test_tied_gradient_is_the_bank_gradient():
+@pytest.mark.parametrize("gradient", ["sum", "mean"])
+def test_tied_gradient_is_the_bank_gradient(gradient):
     """Every copy's gradient is dL/dbank[index[i]]: the dense gradient of an untied network
-    with the same weights, summed over the copies of each entry."""
-    method = Tied(None, Setup(k=0.3, seed=0))
+    with the same weights, summed over the copies of each entry (`-o gradient=mean`: divided
+    by their number)."""
+    method = Tied(TiedOptions(gradient=gradient), Setup(k=0.3, seed=0))
     model = prepared(method)
     torch.manual_seed(0)
     plain = build_model("mlp", DIGITS)
@@ -141,6 +143,8 @@ def test_tied_gradient_is_the_bank_gradient():
     for layer, index in zip(layers, method.index):
         dense = plain.get_submodule(layer.path).weight.grad.flatten()
         bank = torch.zeros(int(index.max()) + 1).index_add_(0, index, dense)
+        if gradient == "mean":
+            bank /= torch.bincount(index)
         assert torch.allclose(layer.weight.grad.flatten(), bank[index], atol=1e-6)
         assert not torch.allclose(dense, bank[index])  # the tying did change the gradient
 

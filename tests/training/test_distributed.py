@@ -24,13 +24,14 @@ def test_shares_of_a_global_batch_cover_it_evenly(monkeypatch):
         distributed.check_batch(30)
 
 
-def torchrun(*args: str, out) -> subprocess.CompletedProcess:
+def start_torchrun(*args: str, out) -> subprocess.Popen:
+    """`torchrun --nproc_per_node=2 -m ticketkit ARGS --out OUT`, started, not waited for."""
     env = {**os.environ, "TICKETKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    command += ["--standalone", "-m", "ticketkit", *args, "--out", str(out)]
+    command += ["--standalone", "-m", "ticketkit", *map(str, args), "--out", str(out)]
     # its own session, so a hung run's workers are killed with it rather than orphaned
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -38,6 +39,12 @@ def torchrun(*args: str, out) -> subprocess.CompletedProcess:
         env=env,
         start_new_session=True,
     )
+
+
+def torchrun(*args: str, out) -> subprocess.CompletedProcess:
+    """Run ticketkit under two-process torchrun to the end (a hang fails the test, not CI)."""
+    proc = start_torchrun(*args, out=out)
+    command = proc.args
     try:
         out, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:

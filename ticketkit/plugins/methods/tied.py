@@ -16,15 +16,21 @@ Where this differs from the reference code (the DSR code's `TiedTensor`, researc
 - K is `N - floor((1-k) N)` (the code's round((1-s) n)); bank[0] is not forced to 0;
 - the bank starts from `--init` draws (the code draws U(+-1/sqrt(fan_in)), WRN/ResNet then
   He-normal) and the map is drawn on the method's seeded generator; like the code there is no
-  hash function and no sign hash; the code's `--rescale-tied-gradient` (a no-op there) is not
-  offered; `--density erk` sizes the banks by ERK.
+  hash function and no sign hash; `--density erk` sizes the banks by ERK;
+- the code's `--rescale-tied-gradient` is a no-op there; here `-o gradient=mean` divides each
+  bank entry's summed gradient by its number of copies (about 1/k). The sum is the true
+  gradient and the default, but it makes the step about 1/k times an untied weight's: at
+  k = 0.02 a network without BatchNorm diverges at the learning rate its sparse peers train
+  with (benchmarks/RESULTS.md); `mean` trains at that learning rate.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ticketkit import MethodSpec, NoOptions, hookimpl
+from ticketkit import MethodSpec, hookimpl, option
+from ticketkit.errors import UsageError
 from ticketkit.plugins.methods.rewire import RewireMethod
 
 if TYPE_CHECKING:
@@ -32,10 +38,23 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+@dataclass(frozen=True)
+class TiedOptions:
+    gradient: str = option(
+        "sum", "sum: a bank entry's true gradient; mean: divided by its copies (about 1/k)"
+    )
+
+
 class Tied(RewireMethod):
     """Dense masks; each layer's weights tied to a bank of the layer's budget."""
 
     budget = "values"
+
+    def __init__(self, options: Any, setup: Any) -> None:
+        super().__init__(options, setup)
+        self.gradient = getattr(options, "gradient", "sum")
+        if self.gradient not in ("sum", "mean"):
+            raise UsageError(f"-o gradient must be sum or mean; got '{self.gradient}'")
 
     def choose_masks(self, model: nn.Module) -> None:
         import torch
@@ -53,7 +72,8 @@ class Tied(RewireMethod):
                 flat = layer.weight.view(-1)
                 bank = flat[perm.to(flat.device)[:size]].clone()
                 flat.copy_(bank[index])
-            layer.weight.register_hook(_summed_over_copies(index, size))
+            mean = self.gradient == "mean"
+            layer.weight.register_hook(_summed_over_copies(index, size, mean))
             self.index.append(index)
 
     def active(self) -> bool:
@@ -80,15 +100,19 @@ class Tied(RewireMethod):
         return state
 
 
-def _summed_over_copies(index: torch.Tensor, size: int) -> Any:
-    """A gradient hook: each position gets the summed gradient of its bank entry."""
+def _summed_over_copies(index: torch.Tensor, size: int, mean: bool = False) -> Any:
+    """A gradient hook: each position gets the summed (or, with `mean`, averaged) gradient of
+    its bank entry."""
+    import torch
+
+    copies = torch.bincount(index, minlength=size).to(torch.float32) if mean else None
 
     def hook(grad: torch.Tensor) -> torch.Tensor:
-        import torch
-
         flat = grad.reshape(-1)
         where = index.to(flat.device)  # a no-op unless the model moved after `prepare`
         sums = torch.zeros(size, dtype=flat.dtype, device=flat.device).index_add_(0, where, flat)
+        if copies is not None:
+            sums /= copies.to(sums)
         return sums[where].view_as(grad)
 
     return hook
@@ -101,7 +125,7 @@ def ticketkit_register_methods(register):
             name="tied",
             summary="tied weights (HashedNet-style): k*n shared trainable values per layer",
             factory=Tied,
-            options=NoOptions,
+            options=TiedOptions,
             phase="rewire",
         )
     )
