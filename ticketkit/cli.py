@@ -95,7 +95,9 @@ def _main(argv: list[str] | None) -> None:
     console.quiet = not main_process()  # under torchrun, rank 0 speaks for the job
     try:
         code = app(args=argv, prog_name="ticketkit", standalone_mode=False)
-        _close_process_group(failed=False)
+        # 130: interrupted (Ctrl-C, SIGTERM). Under torchrun the other ranks may be inside a
+        # collective this rank will never join: the final barrier would wait for them forever
+        _close_process_group(failed=code == 130)
     except TicketkitError as exc:
         _close_process_group(failed=True)
         console.print(f"Error: {exc}", markup=False, soft_wrap=True)

@@ -8,8 +8,10 @@ torch's DistributedSampler), so the last step of every epoch trains on one dupli
 that a single process does not see. That changes the trajectory (measured on the full split,
 biprop 2 epochs: 87.50% in one process vs 86.39% under torchrun; with --subset 1437 88.33% vs
 89.44%), while an even train split gives the same global batches and the same accuracy to the
-last digit (1436: 86.94% both; 1280: 87.78% both). The subset compares what the issue claims,
-sharded gradients equal to the single-process ones up to reduction order.
+last digit (1436: 86.94% both; 1280: 87.78% both). finetune and rewire (set) matched to the
+last digit even on the full split; biprop's top-k of scores is what one extra image tips. The
+subset compares what the issue claims: sharded gradients equal the single-process ones up to
+reduction order.
 """
 
 import csv
@@ -150,12 +152,15 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_ticket(tmp_path):
             assert time.monotonic() < deadline, "no epoch-1 checkpoint in 120 s"
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
-        _, err = proc.communicate(timeout=60)
+        # torchrun kills workers still there after 30 s: an interrupted rank must not wait in
+        # the final barrier for one stuck in a collective (it did, and ran into the SIGKILL)
+        _, err = proc.communicate(timeout=25)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     assert proc.returncode != 0, err
+    assert "Terminated (SIGTERM)." in err and "forcefully" not in err, err
     (run_dir,) = [p for p in killed.iterdir() if p.is_dir()]
     assert not (run_dir / "ticket.safetensors").exists()  # stopped mid-way, not at the end
     epochs = [json.loads(line)["epoch"] for line in open(run_dir / "metrics.jsonl")]
