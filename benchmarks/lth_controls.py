@@ -57,13 +57,30 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
-def search(common: dict[str, Any], arch: str, subset: int, epochs: int, lr: float, seed: int,
-           options: dict[str, Any], clock: Clock | None = None, extra: dict | None = None):
+def search(
+    common: dict[str, Any],
+    arch: str,
+    subset: int,
+    epochs: int,
+    lr: float,
+    seed: int,
+    options: dict[str, Any],
+    clock: Clock | None = None,
+    extra: dict | None = None,
+):
     cfg = resolve(
         FindTicketConfig,
-        {**common, "method": (extra or {}).get("method", "imp"), "arch": arch, "lr": lr,
-         "subset": subset or None, "epochs": epochs, "seed": seed, "options": options,
-         **{k: v for k, v in (extra or {}).items() if k != "method"}},
+        {
+            **common,
+            "method": (extra or {}).get("method", "imp"),
+            "arch": arch,
+            "lr": lr,
+            "subset": subset or None,
+            "epochs": epochs,
+            "seed": seed,
+            "options": options,
+            **{k: v for k, v in (extra or {}).items() if k != "method"},
+        },
         beneath=registry.method_defaults,
     )
     return jobs.find_ticket(cfg, clock)
@@ -81,12 +98,21 @@ def parse_settings(text: str) -> list[tuple[str, int, int, float]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--controls", default="mlp:10000:3:0.1,conv2:3000:1:0.01",
-                   help="arch:subset:epochs per level:lr for part 1 (subset 0: all)")
-    p.add_argument("--early-bird", default="mlp:10000:20:0.1",
-                   help="arch:subset:epochs:lr for part 2 (level 0 and level 1 each)")
-    p.add_argument("--slimming", default="",
-                   help="arch:subset:epochs:lr for slimming with/without EB (-A binary_act=true)")
+    p.add_argument(
+        "--controls",
+        default="mlp:10000:3:0.1,conv2:3000:1:0.01",
+        help="arch:subset:epochs per level:lr for part 1 (subset 0: all)",
+    )
+    p.add_argument(
+        "--early-bird",
+        default="mlp:10000:20:0.1",
+        help="arch:subset:epochs:lr for part 2 (level 0 and level 1 each)",
+    )
+    p.add_argument(
+        "--slimming",
+        default="",
+        help="arch:subset:epochs:lr for slimming with/without EB (-A binary_act=true)",
+    )
     p.add_argument("--slimming-k", type=float, default=0.5)
     p.add_argument("--levels", type=int, default=5)
     p.add_argument("--rate", type=float, default=0.2)
@@ -104,20 +130,35 @@ def main() -> None:
         kept: dict[int, float] = {}
         for seed in seeds:
             t0 = time.time()
-            result = search(common, arch, subset, epochs, lr, seed,
-                            {"levels": args.levels, "rate": args.rate, "rewind": "0",
-                             "controls": True})
+            result = search(
+                common,
+                arch,
+                subset,
+                epochs,
+                lr,
+                seed,
+                {"levels": args.levels, "rate": args.rate, "rewind": "0", "controls": True},
+            )
             for level in result.levels:
-                row = per_level.setdefault(level["level"], {"ticket": [], "random_mask": [],
-                                                            "random_reinit": []})
+                row = per_level.setdefault(
+                    level["level"], {"ticket": [], "random_mask": [], "random_reinit": []}
+                )
                 kept[level["level"]] = level["k"]
                 row["ticket"].append(level["metrics"]["test_acc1"])
                 for name, control in level.get("controls", {}).items():
                     row[name].append(control["metrics"]["test_acc1"])
-            print(f"{arch} seed {seed}: {len(result.levels)} levels in {time.time() - t0:.0f} s "
-                  f"({result.path})", flush=True)
-        report["controls"][arch] = {"subset": subset, "epochs": epochs, "lr": lr, "kept": kept,
-                                    "levels": per_level}
+            print(
+                f"{arch} seed {seed}: {len(result.levels)} levels in {time.time() - t0:.0f} s "
+                f"({result.path})",
+                flush=True,
+            )
+        report["controls"][arch] = {
+            "subset": subset,
+            "epochs": epochs,
+            "lr": lr,
+            "kept": kept,
+            "levels": per_level,
+        }
 
     # ---- part 2: Early-Bird ----------------------------------------------------------------
     def eb_pair(arch, subset, epochs, lr, seed, extra, options):
@@ -125,11 +166,13 @@ def main() -> None:
         for eb in (True, False):
             clock = Clock()
             t0 = time.perf_counter()
-            result = search(common, arch, subset, epochs, lr, seed, {**options, "early_bird": eb},
-                            clock, extra)
+            result = search(
+                common, arch, subset, epochs, lr, seed, {**options, "early_bird": eb}, clock, extra
+            )
             total = time.perf_counter() - t0
-            dense = (clock.first["1"] - clock.first["0"]) if {"0", "1"} <= clock.first.keys() \
-                else None
+            dense = (
+                (clock.first["1"] - clock.first["0"]) if {"0", "1"} <= clock.first.keys() else None
+            )
             summary = json.loads((Path(result.path).parent / "summary.json").read_text())
             tag = "eb" if eb else "full"
             row[f"{tag}_dense_s"] = dense
@@ -144,64 +187,104 @@ def main() -> None:
     for arch, subset, epochs, lr in parse_settings(args.early_bird):
         for seed in seeds:
             report["early_bird"].append(
-                eb_pair(arch, subset, epochs, lr, seed, {}, {"levels": 1, "rate": args.rate,
-                                                         "rewind": "0"}))
+                eb_pair(
+                    arch,
+                    subset,
+                    epochs,
+                    lr,
+                    seed,
+                    {},
+                    {"levels": 1, "rate": args.rate, "rewind": "0"},
+                )
+            )
     for arch, subset, epochs, lr in parse_settings(args.slimming):
         for seed in seeds:
             report["slimming"].append(
-                eb_pair(arch, subset, epochs, lr, seed,
-                        {"method": "slimming", "k": args.slimming_k,
-                         "arch_options": {"binary_act": True}}, {}))
+                eb_pair(
+                    arch,
+                    subset,
+                    epochs,
+                    lr,
+                    seed,
+                    {
+                        "method": "slimming",
+                        "k": args.slimming_k,
+                        "arch_options": {"binary_act": True},
+                    },
+                    {},
+                )
+            )
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "lth_controls.json").write_text(json.dumps(report, indent=1, default=str))
 
     # ---- tables ----------------------------------------------------------------------------
     print(f"\nTickets vs controls (top-1 %, mean ± std over seeds {args.seeds}):\n")
-    print("| arch | subset x epochs, lr | level | weights remaining | ticket | random mask "
-          "| random reinit |")
+    print(
+        "| arch | subset x epochs, lr | level | weights remaining | ticket | random mask "
+        "| random reinit |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     goals = []
     for arch, info in report["controls"].items():
         last = max(info["levels"])
         for level in sorted(info["levels"]):
             row = info["levels"][level]
-            print(f"| {arch} | {info['subset'] or 'all'} x {info['epochs']}, {info['lr']:g} | {level} "
-                  f"| {100 * info['kept'][level]:.1f}% | {mean_std(row['ticket'])} "
-                  f"| {mean_std(row['random_mask'])} | {mean_std(row['random_reinit'])} |")
+            budget = f"{info['subset'] or 'all'} x {info['epochs']}, {info['lr']:g}"
+            print(
+                f"| {arch} | {budget} | {level} "
+                f"| {100 * info['kept'][level]:.1f}% | {mean_std(row['ticket'])} "
+                f"| {mean_std(row['random_mask'])} | {mean_std(row['random_reinit'])} |"
+            )
         row = info["levels"][last]
         if row["random_mask"] and row["random_reinit"]:
             t = statistics.mean(row["ticket"])
             met = t > statistics.mean(row["random_mask"]) and t > statistics.mean(
-                row["random_reinit"])
-            goals.append(f"{arch}: ticket beats both controls at level {last} "
-                         f"({100 * info['kept'][last]:.1f}% remaining): {'met' if met else 'NOT met'}")
+                row["random_reinit"]
+            )
+            goals.append(
+                f"{arch}: ticket beats both controls at level {last} "
+                f"({100 * info['kept'][last]:.1f}% remaining): "
+                f"{'met' if met else 'NOT met'}"
+            )
     for kind in ("early_bird", "slimming"):
         rows = report[kind]
         if not rows:
             continue
         print(f"\n{kind.replace('_', '-')}: dense phase wall time and level-1 ticket accuracy\n")
-        print("| arch | method | seed | EB epoch | dense phase EB (s) | dense phase full (s) "
-              "| ratio | ticket EB | ticket full | diff |")
+        print(
+            "| arch | method | seed | EB epoch | dense phase EB (s) | dense phase full (s) "
+            "| ratio | ticket EB | ticket full | diff |"
+        )
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
-            ratio = r["eb_dense_s"] / r["full_dense_s"] if r["eb_dense_s"] and r[
-                "full_dense_s"] else float("nan")
+            ratio = (
+                r["eb_dense_s"] / r["full_dense_s"]
+                if r["eb_dense_s"] and r["full_dense_s"]
+                else float("nan")
+            )
             r["ratio"] = ratio
-            print(f"| {r['arch']} | {r['method']} | {r['seed']} | {r['eb_epoch']} "
-                  f"| {r['eb_dense_s'] or float('nan'):.1f} | {r['full_dense_s'] or float('nan'):.1f} "
-                  f"| {ratio:.3f} | {r['eb_acc']:.2f} | {r['full_acc']:.2f} "
-                  f"| {r['eb_acc'] - r['full_acc']:+.2f} |")
+            print(
+                f"| {r['arch']} | {r['method']} | {r['seed']} | {r['eb_epoch']} "
+                f"| {r['eb_dense_s'] or float('nan'):.1f} "
+                f"| {r['full_dense_s'] or float('nan'):.1f} "
+                f"| {ratio:.3f} | {r['eb_acc']:.2f} | {r['full_acc']:.2f} "
+                f"| {r['eb_acc'] - r['full_acc']:+.2f} |"
+            )
         ratios = [r["ratio"] for r in rows]
         diffs = [r["eb_acc"] - r["full_acc"] for r in rows]
-        print(f"| mean | | | | | | {statistics.mean(ratios):.3f} "
-              f"| {statistics.mean(r['eb_acc'] for r in rows):.2f} "
-              f"| {statistics.mean(r['full_acc'] for r in rows):.2f} "
-              f"| {statistics.mean(diffs):+.2f} |")
-        goals.append(f"{kind}: dense-phase ratio {statistics.mean(ratios):.3f} (goal <= 0.5): "
-                     f"{'met' if statistics.mean(ratios) <= 0.5 else 'NOT met'}; accuracy "
-                     f"{statistics.mean(diffs):+.2f} points (goal within 1): "
-                     f"{'met' if abs(statistics.mean(diffs)) <= 1 else 'NOT met'}")
+        print(
+            f"| mean | | | | | | {statistics.mean(ratios):.3f} "
+            f"| {statistics.mean(r['eb_acc'] for r in rows):.2f} "
+            f"| {statistics.mean(r['full_acc'] for r in rows):.2f} "
+            f"| {statistics.mean(diffs):+.2f} |"
+        )
+        goals.append(
+            f"{kind}: dense-phase ratio {statistics.mean(ratios):.3f} (goal <= 0.5): "
+            f"{'met' if statistics.mean(ratios) <= 0.5 else 'NOT met'}; accuracy "
+            f"{statistics.mean(diffs):+.2f} points (goal within 1): "
+            f"{'met' if abs(statistics.mean(diffs)) <= 1 else 'NOT met'}"
+        )
     print()
     for g in goals:
         print("- " + g)

@@ -60,8 +60,9 @@ def _synthetic(n: int):
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
     split = Split(images, labels)
-    return Dataset("random-cifar-shape", split, split, 10, (0.49, 0.48, 0.45),
-                   (0.25, 0.24, 0.26), "crop-flip")
+    return Dataset(
+        "random-cifar-shape", split, split, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), "crop-flip"
+    )
 
 
 def child(what: str, arch: str, iterations: int, images: int) -> dict[str, Any]:
@@ -77,10 +78,19 @@ def child(what: str, arch: str, iterations: int, images: int) -> dict[str, Any]:
         from ticketkit.jobs.prune import make_method
         from ticketkit.jobs.stages import ready
 
-        cfg = resolve(PruneConfig, {"method": "synflow", "arch": arch, "k": 0.01,
-                                    "options": {"iterations": iterations}, "device": "cpu",
-                                    "dataset": "cifar10", "epochs": 1},
-                      beneath=registry.method_defaults)
+        cfg = resolve(
+            PruneConfig,
+            {
+                "method": "synflow",
+                "arch": arch,
+                "k": 0.01,
+                "options": {"iterations": iterations},
+                "device": "cpu",
+                "dataset": "cifar10",
+                "epochs": 1,
+            },
+            beneath=registry.method_defaults,
+        )
         method = make_method(cfg, "prune")
         model = build_model(arch, ds.input)
         init_weights(model, cfg.init or type(method).default_init, seed=0)
@@ -99,23 +109,30 @@ def child(what: str, arch: str, iterations: int, images: int) -> dict[str, Any]:
         method.choose_masks = timed
         ready(method, model, ds, cfg)
         weights = sum(p.numel() for p in model.parameters())
-        return {"what": what, "arch": arch, "iterations": iterations, "params": weights,
-                **measured}
+        return {"what": what, "arch": arch, "iterations": iterations, "params": weights, **measured}
     # one dense epoch of `images` random images in ticketkit's loop
     from ticketkit.jobs.stages import ready
     from ticketkit.plugin import Method, Setup
     from ticketkit.training.loop import fit
 
-    cfg = resolve(PretrainConfig, {"arch": arch, "dataset": "cifar10", "epochs": 1,
-                                   "device": "cpu", "eval_every": 0})
+    cfg = resolve(
+        PretrainConfig,
+        {"arch": arch, "dataset": "cifar10", "epochs": 1, "device": "cpu", "eval_every": 0},
+    )
     model = build_model(arch, ds.input)
     method = Method(None, Setup(k=1.0, epochs=1, seed=0))
     ready(method, model, ds, cfg)
     Path("/proc/self/clear_refs").write_text("5")
     rss = _status("VmRSS")
     record = fit(model, method, ds, cfg, None, None, phase="pretrain")
-    return {"what": what, "arch": arch, "images": images, "seconds": record["seconds"],
-            "batch_size": cfg.batch_size, "peak_bytes": _status("VmHWM") - rss}
+    return {
+        "what": what,
+        "arch": arch,
+        "images": images,
+        "seconds": record["seconds"],
+        "batch_size": cfg.batch_size,
+        "peak_bytes": _status("VmHWM") - rss,
+    }
 
 
 def cut_test_set(out: str, n: int) -> str:
@@ -126,8 +143,11 @@ def cut_test_set(out: str, n: int) -> str:
 
     from ticketkit.training.data import candidate_dirs
 
-    src = next(d for d in candidate_dirs("fashion-mnist", None)
-               if (d / "t10k-images-idx3-ubyte.gz").exists())
+    src = next(
+        d
+        for d in candidate_dirs("fashion-mnist", None)
+        if (d / "t10k-images-idx3-ubyte.gz").exists()
+    )
     dst = Path(out) / f"fashion-mnist-test{n}"
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
@@ -137,15 +157,17 @@ def cut_test_set(out: str, n: int) -> str:
     labels = gzip.open(src / "t10k-labels-idx1-ubyte.gz").read()
     magic, _, rows, cols = struct.unpack(">IIII", images[:16])
     (dst / "t10k-images-idx3-ubyte").write_bytes(
-        struct.pack(">IIII", magic, n, rows, cols) + images[16 : 16 + n * rows * cols])
+        struct.pack(">IIII", magic, n, rows, cols) + images[16 : 16 + n * rows * cols]
+    )
     magic, _ = struct.unpack(">II", labels[:8])
     (dst / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", magic, n) + labels[8 : 8 + n])
     return str(dst)
 
 
 def run_child(*args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -154,15 +176,21 @@ def run_child(*args: str) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--child", nargs=4, metavar=("WHAT", "ARCH", "ITERATIONS", "IMAGES"),
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--child", nargs=4, metavar=("WHAT", "ARCH", "ITERATIONS", "IMAGES"), help=argparse.SUPPRESS
+    )
     p.add_argument("--arch", default="conv4")
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data", default=None,
-                   help="dataset directory (--data); default: where ticketkit looks")
-    p.add_argument("--test-images", type=int, default=0,
-                   help="evaluate on the first N test images: a copy of the Fashion-MNIST files "
-                   "with the test set cut, under --out, passed as --data (0: the full test set)")
+    p.add_argument(
+        "--data", default=None, help="dataset directory (--data); default: where ticketkit looks"
+    )
+    p.add_argument(
+        "--test-images",
+        type=int,
+        default=0,
+        help="evaluate on the first N test images: a copy of the Fashion-MNIST files "
+        "with the test set cut, under --out, passed as --data (0: the full test set)",
+    )
     p.add_argument("--subset", type=int, default=3000)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
@@ -172,8 +200,12 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--synflow-iterations", type=int, default=100)
     p.add_argument("--cost-arch", default="resnet18")
-    p.add_argument("--cost-images", type=int, default=512,
-                   help="random images in the timed dense epoch (scaled to 50,000)")
+    p.add_argument(
+        "--cost-images",
+        type=int,
+        default=512,
+        help="random images in the timed dense epoch (scaled to 50,000)",
+    )
     p.add_argument("--cost-repeats", type=int, default=2)
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-cost", action="store_true")
@@ -199,53 +231,77 @@ def main() -> None:
                     options = {"iterations": args.synflow_iterations} if method == "synflow" else {}
                     cfg = resolve(
                         PruneConfig,
-                        {"method": method, "arch": args.arch, "dataset": args.dataset,
-                         "data": args.data, "batch_size": args.batch_size, "lr": args.lr,
-                         "subset": args.subset, "epochs": args.epochs, "k": k, "seed": seed,
-                         "options": options, "out": args.out, "eval_every": 0},
+                        {
+                            "method": method,
+                            "arch": args.arch,
+                            "dataset": args.dataset,
+                            "data": args.data,
+                            "batch_size": args.batch_size,
+                            "lr": args.lr,
+                            "subset": args.subset,
+                            "epochs": args.epochs,
+                            "k": k,
+                            "seed": seed,
+                            "options": options,
+                            "out": args.out,
+                            "eval_every": 0,
+                        },
                         beneath=registry.method_defaults,
                     )
                     result = jobs.prune(cfg)
                     acc = result.metrics["test_acc1"]
                     report["accuracy"].setdefault(f"{method}@{k}", []).append(acc)
-                    print(f"{method:14} k={k:<6} seed {seed}: {acc:6.2f}%  "
-                          f"({time.time() - t0:.0f} s, {result.path})", flush=True)
+                    print(
+                        f"{method:14} k={k:<6} seed {seed}: {acc:6.2f}%  "
+                        f"({time.time() - t0:.0f} s, {result.path})",
+                        flush=True,
+                    )
     if not args.skip_cost:
         for _ in range(args.cost_repeats):
-            report["cost"].append(run_child("synflow", args.cost_arch,
-                                            str(args.synflow_iterations), "64"))
+            report["cost"].append(
+                run_child("synflow", args.cost_arch, str(args.synflow_iterations), "64")
+            )
             print(json.dumps(report["cost"][-1]), flush=True)
-            report["cost"].append(run_child("epoch", args.cost_arch, "0",
-                                            str(args.cost_images)))
+            report["cost"].append(run_child("epoch", args.cost_arch, "0", str(args.cost_images)))
             print(json.dumps(report["cost"][-1]), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "prune_at_init.json").write_text(json.dumps(report, indent=1))
 
     if report["accuracy"]:
         ks = args.ks.split(",")
-        print(f"\n{args.arch} on {args.dataset} (data {args.data or 'default'}), subset "
-              f"{args.subset}, {args.epochs} epoch(s) after pruning, batch {args.batch_size}, lr "
-              f"{args.lr:g}; test top-1 % (mean ± std over seeds {args.seeds}):\n")
+        print(
+            f"\n{args.arch} on {args.dataset} (data {args.data or 'default'}), subset "
+            f"{args.subset}, {args.epochs} epoch(s) after pruning, batch {args.batch_size}, lr "
+            f"{args.lr:g}; test top-1 % (mean ± std over seeds {args.seeds}):\n"
+        )
         print("| method | " + " | ".join(f"k = {k}" for k in ks) + " |")
         print("| --- | " + " | ".join("---:" for _ in ks) + " |")
         for method in args.methods.split(","):
-            cells = [mean_std(report["accuracy"].get(f"{method}@{float(k)}", [float("nan")]))
-                     for k in ks]
+            cells = [
+                mean_std(report["accuracy"].get(f"{method}@{float(k)}", [float("nan")])) for k in ks
+            ]
             print(f"| {method} | " + " | ".join(cells) + " |")
     if report["cost"]:
         syn = [c for c in report["cost"] if c["what"] == "synflow"]
         ep = [c for c in report["cost"] if c["what"] == "epoch"]
         syn_s = statistics.median(c["seconds"] for c in syn)
         epoch_s = statistics.median(c["seconds"] / c["images"] * 50000 for c in ep)
-        print(f"\nCost on CPU, {args.cost_arch} at 3x32x32 (medians of {len(syn)} fresh "
-              f"subprocesses each):\n")
+        print(
+            f"\nCost on CPU, {args.cost_arch} at 3x32x32 (medians of {len(syn)} fresh "
+            f"subprocesses each):\n"
+        )
         print("| | wall time | peak RSS increase |")
         print("| --- | ---: | ---: |")
-        print(f"| SynFlow, {args.synflow_iterations} iterations (float64, batch 1) "
-              f"| {syn_s:.1f} s | {statistics.median(c['peak_bytes'] for c in syn) / 2**20:.0f} MiB |")
-        print(f"| dense training epoch, 50,000 images (scaled from {ep[0]['images']}, batch "
-              f"{ep[0]['batch_size']}) | {epoch_s:.1f} s "
-              f"| {statistics.median(c['peak_bytes'] for c in ep) / 2**20:.0f} MiB |")
+        print(
+            f"| SynFlow, {args.synflow_iterations} iterations (float64, batch 1) "
+            f"| {syn_s:.1f} s "
+            f"| {statistics.median(c['peak_bytes'] for c in syn) / 2**20:.0f} MiB |"
+        )
+        print(
+            f"| dense training epoch, 50,000 images (scaled from {ep[0]['images']}, batch "
+            f"{ep[0]['batch_size']}) | {epoch_s:.1f} s "
+            f"| {statistics.median(c['peak_bytes'] for c in ep) / 2**20:.0f} MiB |"
+        )
         print(f"| ratio SynFlow / epoch | {syn_s / epoch_s:.3f} | |")
         print("\nruns: " + "; ".join(f"{c['what']} {c['seconds']:.1f} s" for c in report["cost"]))
     print(f"\n{time.time() - began:.0f} s")

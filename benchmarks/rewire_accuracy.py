@@ -43,23 +43,47 @@ def parse_settings(text: str) -> list[dict[str, Any]]:
     for item in text.split(","):
         if item:
             arch, k, subset, epochs, lr, every, *batch = item.split(":")
-            out.append({"arch": arch, "k": float(k), "subset": int(subset) or None,
-                        "epochs": int(epochs), "lr": float(lr), "every": every,
-                        "batch": int(batch[0]) if batch else 128})
+            out.append(
+                {
+                    "arch": arch,
+                    "k": float(k),
+                    "subset": int(subset) or None,
+                    "epochs": int(epochs),
+                    "lr": float(lr),
+                    "every": every,
+                    "batch": int(batch[0]) if batch else 128,
+                }
+            )
     return out
 
 
-def train(method: str, s: dict[str, Any], seed: int, out: str, epochs: int | None = None,
-          force: bool = False):
-    common = {"arch": s["arch"], "dataset": "fashion-mnist", "subset": s["subset"],
-              "epochs": epochs or s["epochs"], "lr": s["lr"], "seed": seed, "out": out,
-              "batch_size": s["batch"],
-              "eval_every": 0}
+def train(
+    method: str,
+    s: dict[str, Any],
+    seed: int,
+    out: str,
+    epochs: int | None = None,
+    force: bool = False,
+):
+    common = {
+        "arch": s["arch"],
+        "dataset": "fashion-mnist",
+        "subset": s["subset"],
+        "epochs": epochs or s["epochs"],
+        "lr": s["lr"],
+        "seed": seed,
+        "out": out,
+        "batch_size": s["batch"],
+        "eval_every": 0,
+    }
     if method == "dense":
         return jobs.pretrain(resolve(PretrainConfig, common), force=force)
     options = {"every": s["every"]} if method in EVERY else {}
-    cfg = resolve(RewireConfig, {**common, "method": method, "k": s["k"], "options": options},
-                  beneath=registry.method_defaults)
+    cfg = resolve(
+        RewireConfig,
+        {**common, "method": method, "k": s["k"], "options": options},
+        beneath=registry.method_defaults,
+    )
     return jobs.rewire(cfg, force=force)
 
 
@@ -72,8 +96,11 @@ def epoch_seconds(result) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--settings", default="mlp:0.02:20000:5:0.1:25,conv2:0.1:3000:2:0.05:10:32",
-                   help="arch:k:subset:epochs:lr:every[:batch], comma-separated (subset 0: all)")
+    p.add_argument(
+        "--settings",
+        default="mlp:0.02:20000:5:0.1:25,conv2:0.1:3000:2:0.05:10:32",
+        help="arch:k:subset:epochs:lr:every[:batch], comma-separated (subset 0: all)",
+    )
     p.add_argument("--methods", default=METHODS)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--cost-methods", default="static,set,dsr,rigl")
@@ -95,23 +122,30 @@ def main() -> None:
                     result = train(method, s, seed, args.out)
                     acc = result.metrics["test_acc1"]
                     report["accuracy"].setdefault(f"{s['arch']}@{s['k']}", {}).setdefault(
-                        method, []).append(acc)
-                    print(f"{s['arch']} k={s['k']} {method:7} seed {seed}: {acc:6.2f}%  "
-                          f"({time.time() - t0:.0f} s)", flush=True)
+                        method, []
+                    ).append(acc)
+                    print(
+                        f"{s['arch']} k={s['k']} {method:7} seed {seed}: {acc:6.2f}%  "
+                        f"({time.time() - t0:.0f} s)",
+                        flush=True,
+                    )
 
     if not args.skip_cost:
         cost_methods = args.cost_methods.split(",")
-        for s, rounds in zip(settings, (int(r) for r in args.cost_rounds.split(",")),
-                             strict=False):
+        for s, rounds in zip(settings, (int(r) for r in args.cost_rounds.split(",")), strict=False):
             times: dict[str, list[float]] = {m: [] for m in cost_methods}
             for r in range(rounds):
-                order = cost_methods[r % len(cost_methods):] + cost_methods[:r % len(cost_methods)]
+                order = (
+                    cost_methods[r % len(cost_methods) :] + cost_methods[: r % len(cost_methods)]
+                )
                 for method in order:
-                    result = train(method, s, 0, str(Path(args.out) / "cost"), epochs=1,
-                                   force=True)
+                    result = train(method, s, 0, str(Path(args.out) / "cost"), epochs=1, force=True)
                     times[method].append(epoch_seconds(result))
-                print(f"{s['arch']} round {r}: " + ", ".join(
-                    f"{m} {times[m][-1]:.2f} s" for m in cost_methods), flush=True)
+                print(
+                    f"{s['arch']} round {r}: "
+                    + ", ".join(f"{m} {times[m][-1]:.2f} s" for m in cost_methods),
+                    flush=True,
+                )
             report["cost"][f"{s['arch']}@{s['k']}"] = times
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -120,14 +154,24 @@ def main() -> None:
     goals = []
     if report["accuracy"]:
         print(f"\nTest top-1 % on fashion-mnist, mean ± std over seeds {args.seeds}:\n")
-        print("| method | " + " | ".join(
-            f"{s['arch']} k={s['k']} ({s['subset'] or 'all'} x {s['epochs']} ep, batch {s['batch']}, "
-            f"lr {s['lr']:g}, every {s['every']})"
-            for s in settings) + " |")
+        print(
+            "| method | "
+            + " | ".join(
+                f"{s['arch']} k={s['k']} ({s['subset'] or 'all'} x {s['epochs']} ep, "
+                f"batch {s['batch']}, "
+                f"lr {s['lr']:g}, every {s['every']})"
+                for s in settings
+            )
+            + " |"
+        )
         print("| --- | " + " | ".join("---:" for _ in settings) + " |")
         for method in methods:
-            cells = [mean_std(report["accuracy"].get(f"{s['arch']}@{s['k']}", {}).get(
-                method, [float("nan")])) for s in settings]
+            cells = [
+                mean_std(
+                    report["accuracy"].get(f"{s['arch']}@{s['k']}", {}).get(method, [float("nan")])
+                )
+                for s in settings
+            ]
             print(f"| {method} | " + " | ".join(cells) + " |")
         for s in settings:
             acc = report["accuracy"].get(f"{s['arch']}@{s['k']}", {})
@@ -137,23 +181,30 @@ def main() -> None:
             for m in ("dsr", "rigl"):
                 if m in acc:
                     d = statistics.mean(acc[m]) - static
-                    goals.append(f"{s['arch']} k={s['k']}: {m} - static = {d:+.2f} points "
-                                 f"(goal >= +0.5): {'met' if d >= 0.5 else 'NOT met'}")
+                    goals.append(
+                        f"{s['arch']} k={s['k']}: {m} - static = {d:+.2f} points "
+                        f"(goal >= +0.5): {'met' if d >= 0.5 else 'NOT met'}"
+                    )
     if report["cost"]:
-        print("\nOne training epoch, ratio to the static sparse epoch of the same round "
-              "(median over rounds; median epoch seconds in brackets):\n")
+        print(
+            "\nOne training epoch, ratio to the static sparse epoch of the same round "
+            "(median over rounds; median epoch seconds in brackets):\n"
+        )
         names = [m for m in args.cost_methods.split(",")]
         print("| setting | rounds | " + " | ".join(names) + " |")
         print("| --- | ---: | " + " | ".join("---:" for _ in names) + " |")
         for key, times in report["cost"].items():
             cells = []
             for m in names:
-                ratio = statistics.median(a / b for a, b in zip(times[m], times["static"],
-                                                                strict=True))
+                ratio = statistics.median(
+                    a / b for a, b in zip(times[m], times["static"], strict=True)
+                )
                 cells.append(f"{ratio:.3f} ({statistics.median(times[m]):.2f} s)")
                 if m in ("set", "dsr", "rigl"):
-                    goals.append(f"{key}: {m} epoch {ratio:.3f}x static (goal <= 1.1): "
-                                 f"{'met' if ratio <= 1.1 else 'NOT met'}")
+                    goals.append(
+                        f"{key}: {m} epoch {ratio:.3f}x static (goal <= 1.1): "
+                        f"{'met' if ratio <= 1.1 else 'NOT met'}"
+                    )
             print(f"| {key} | {len(times['static'])} | " + " | ".join(cells) + " |")
     print()
     for g in goals:
