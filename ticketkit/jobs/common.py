@@ -53,10 +53,11 @@ class Result:
 
 def dataset_for(cfg: Any, parent: Bundle | None) -> Dataset:
     """The config's dataset (default: the parent's), checked against the parent's input shape."""
+    workers = getattr(cfg, "workers", 0)  # DataLoader processes of a streamed set
     if parent is None:
-        return load_dataset(cfg.require_dataset(), cfg.data, cfg.subset)
+        return load_dataset(cfg.require_dataset(), cfg.data, cfg.subset, workers)
     cfg.dataset = cfg.dataset or parent.meta["dataset"]
-    return load_for(parent.input, cfg.dataset, cfg.data, cfg.subset)
+    return load_for(parent.input, cfg.dataset, cfg.data, cfg.subset, workers)
 
 
 def finished_run(

@@ -139,7 +139,8 @@ class _ZeroST(torch.autograd.Function):
 
 class EmptyChannels:
     """Forward hooks that keep empty filters' channels exactly 0 while a model trains (the
-    masks may change every step, so the emptiness is read from them at each forward)."""
+    masks may change every step, so the emptiness is re-read whenever a mask was written:
+    fixed masks, as in finetune, are reduced once, not at every forward)."""
 
     def __init__(self, model: nn.Module, pairs: Pairs) -> None:
         sparsifier = sparsifier_of(model)
@@ -154,9 +155,16 @@ class EmptyChannels:
 
     @staticmethod
     def _hook(layer: Any, last: bool) -> Any:
+        seen: dict[str, Any] = {"key": None, "dead": None}  # the empty filters of one mask state
+
         def zero(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor | None:
-            dead = empty_filters(layer.mask)
-            if not bool(dead.any()):
+            mask = layer.mask
+            key = (id(mask), mask._version)  # every mask write bumps it: recompute only then
+            if seen["key"] != key:
+                dead = empty_filters(mask)
+                seen["key"], seen["dead"] = key, dead if bool(dead.any()) else None
+            dead = seen["dead"]
+            if dead is None:
                 return None
             channel_dim = out.dim() - 1 if last else 1
             shape = [1] * out.dim()

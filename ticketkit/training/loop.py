@@ -158,7 +158,6 @@ def bind(method: Method, ds: Dataset, cfg: Any) -> None:
     per epoch and a way to draw scoring batches that are not training."""
     device = resolve_device(cfg.device)
     distributed.check_batch(cfg.batch_size)  # under torchrun, before the run is claimed
-    ds.workers = getattr(cfg, "workers", 0)  # every loader of a streamed set, final eval too
     loader = Loader(ds, ds.train, cfg.batch_size, train=False, device=device)
 
     def draw(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -227,7 +226,6 @@ def fit(
     if getattr(method, "ctx", None) is None:
         bind(method, ds, cfg)
     ctx = method.ctx
-    ds.workers = getattr(cfg, "workers", 0)  # as bind does, for a method bound elsewhere
     ctx.stage, ctx.epochs, ctx.epoch, ctx.step = stage.name, stage.epochs, 0, 0
     optimizers = method.optimizers(model, OptimizerFactory(cfg))
     start, best, stopped = 0, {"test_acc1": -1.0}, None
