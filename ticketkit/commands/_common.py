@@ -81,9 +81,7 @@ Device = Annotated[
 ]
 Amp = Annotated[
     str | None,
-    typer.Option(
-        "--amp", help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling)"
-    ),
+    typer.Option("--amp", help="mixed precision: bf16, or fp16 with loss scaling (CPU or CUDA)"),
 ]
 Name = Annotated[
     str | None,

@@ -31,7 +31,7 @@ def ready(method: Method, model: torch.nn.Module, ds: Dataset, cfg: Any) -> None
     all before the run directory is claimed, so a method or optimizer that cannot start
     leaves nothing behind."""
     bind(method, ds, cfg)
-    check_amp(getattr(cfg, "amp", None), resolve_device(cfg.device), method)  # fp16: its step
+    check_amp(getattr(cfg, "amp", None), method)  # fp16: its step
     method.prepare(model)
     if getattr(cfg, "psg", False):  # after the masks: the masked layers' backward becomes PSG's
         from ticketkit.masks import masked_layers

@@ -83,7 +83,8 @@ class TrainConfig:
         # before any work (a run directory, the dataset): the device, the optimizer's options
         from ticketkit.training.precision import check as check_amp
 
-        check_amp(self.amp, resolve_device(self.device))
+        resolve_device(self.device)
+        check_amp(self.amp)
         get_optimizer(self.optimizer).make_options(self.optimizer_options)
         from ticketkit.plugin import ROLES
 

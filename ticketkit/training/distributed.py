@@ -188,6 +188,26 @@ def check_identical(model: nn.Module, epoch: int) -> None:
         )
 
 
+def check_resumed(epoch: int, where: str) -> None:
+    """Stop every rank with a clear error if they resume from different epochs: a rank that
+    cannot see rank 0's checkpoint (a node whose --out is not the shared filesystem) would
+    start over and train more epochs than the others, which then wait in a collective the
+    rest never reach."""
+    if not active():
+        return
+    epochs = torch.tensor([epoch], dtype=torch.long)
+    gathered = [torch.zeros_like(epochs) for _ in range(world_size())]
+    _group().all_gather(gathered, epochs)
+    starts = [int(t) for t in gathered]
+    if len(set(starts)) > 1:
+        by_rank = ", ".join(f"rank {r}: {s}" for r, s in enumerate(starts))
+        raise JobError(
+            f"the processes resume {where} from different epochs ({by_rank}): every node "
+            f"must see the same run directory; under several nodes put --out on a shared "
+            f"filesystem"
+        )
+
+
 def on_main(work: Callable[[], T]) -> T:
     """Run `work` on rank 0 only (taking the run lock, writing the config) and hand its
     result, or the error it raised, to every rank, so all of them go on or stop together."""

@@ -228,6 +228,7 @@ def fit(
     ctx = method.ctx
     ctx.stage, ctx.epochs, ctx.epoch, ctx.step = stage.name, stage.epochs, 0, 0
     optimizers = method.optimizers(model, OptimizerFactory(cfg))
+    precision = Precision(getattr(cfg, "amp", None), device, method)  # --amp
     start, best, stopped = 0, {"test_acc1": -1.0}, None
     last_tag, best_tag = checkpoint_tag(stage, "last"), checkpoint_tag(stage, "best")
     if run is not None:
@@ -235,14 +236,15 @@ def fit(
         if restored is not None:
             start, info = restored[0] + 1, restored[1]
             best, stopped = info.get("best", best), info.get("stopped")
+            precision.load_state_dict(info.get("precision", {}))
             reporter.note(f"resuming {run.root} after epoch {start}")
+        distributed.check_resumed(start, str(run.root))
     sparsifier = sparsifier_of(model)
     if sparsifier is not None and type(method).train_step is Method.train_step:
         sparsifier.fold_weight_decay(optimizers.values())  # one backward a step: safe to fold
     loader = Loader(ds, ds.train, cfg.batch_size, train=True, seed=cfg.seed, device=device)
     ctx.steps_per_epoch, ctx.step = len(loader), start * len(loader)
     after_step = type(method).after_step is not Method.after_step  # no call a step if unused
-    precision = Precision(getattr(cfg, "amp", None), device, method)  # --amp
     label = phase if stage.name == "train" else f"{phase} {stage.name}"
     record: dict[str, Any] = {"stopped": stopped} if stopped else {}
     for epoch in range(start, stage.epochs if stopped is None else start):
@@ -303,6 +305,8 @@ def fit(
                 best = {k: record[k] for k in ("epoch", "test_acc1", "test_acc5", "test_loss")}
                 run.save_checkpoint(best_tag, model, {}, epoch, {"best": best})
             info = {"best": best, **({"stopped": stopped} if stopped else {})}
+            if precision.scaler is not None:  # fp16's loss scale, for an identical resume
+                info["precision"] = precision.state_dict()
             run.save_checkpoint(last_tag, model, optimizers, epoch, info, method.state_dict())
         reporter.note(_describe(record))
         if stopped:

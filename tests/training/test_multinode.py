@@ -1,0 +1,132 @@
+"""Several nodes under torchrun, simulated on this machine: two agents (one process each) meet
+through the c10d rendezvous as two hosts would, and a node that cannot see rank 0's run
+directory stops every rank with a clear error instead of training other epochs and hanging."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from tests.training.test_distributed import torchrun
+from tests.training.test_distributed_runs import EVEN, PRUNE, one_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def digest(path: str) -> str:
+    with safe_open(path, "pt") as f:
+        return f.metadata()["payload_sha256"]
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_through_the_rendezvous_and_train_one_run(tmp_path):
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "TICKETKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    out = tmp_path / "two-nodes"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
+    command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=ticketkit-test"]
+    command += ["-m", "ticketkit", *PRUNE, *EVEN, "--out", str(out)]
+    nodes = [
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        done = [node.communicate(timeout=150) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.communicate()
+    assert [node.returncode for node in nodes] == [0, 0], [err for _, err in done]
+    printed = [stdout for stdout, _ in done if stdout.strip()]
+    assert len(printed) == 1  # the node that drew rank 0 prints; the other is quiet
+    record = one_run(out, printed[0])
+
+    # two processes on one node, same global batch: the same ticket, bit for bit
+    one_node = torchrun(*PRUNE, *EVEN, out=tmp_path / "one-node")
+    assert one_node.returncode == 0, one_node.stderr
+    assert digest(record["path"]) == digest(one_run(tmp_path / "one-node", one_node.stdout)["path"])
+
+
+NODE_CANNOT_SEE_THE_RUN = """
+import sys
+
+from ticketkit import jobs
+from ticketkit.errors import JobError
+from ticketkit.plugins.methods.biprop import Biprop
+from ticketkit.runs.config import PruneConfig, resolve
+from ticketkit.runs.directory import Run
+from ticketkit.training import distributed
+
+def cfg():
+    settings = dict(method="biprop", arch="mlp", k=0.5, dataset="digits", epochs=3,
+                    out=sys.argv[1])
+    return resolve(PruneConfig, settings)
+
+original = Biprop.start_epoch
+
+def interrupt_at_epoch_2(self, epoch, model):
+    if epoch == 1:
+        raise KeyboardInterrupt
+    original(self, epoch, model)
+
+Biprop.start_epoch = interrupt_at_epoch_2
+try:
+    jobs.prune(cfg())
+except KeyboardInterrupt:
+    pass
+Biprop.start_epoch = original
+if distributed.rank() == 1:  # another node's disk: rank 0's checkpoint is not there
+    Run.load_checkpoint = lambda *args, **kwargs: None
+try:
+    jobs.prune(cfg())
+except JobError as exc:
+    print(f"rank {distributed.rank()}: {exc}", flush=True)
+    distributed.abandon()
+    sys.exit(3)
+distributed.finish()
+"""
+
+
+@pytest.mark.slow
+def test_a_node_that_cannot_see_the_checkpoint_stops_every_rank(tmp_path):
+    script = tmp_path / "unshared.py"
+    script.write_text(NODE_CANNOT_SEE_THE_RUN)
+    env = {**os.environ, "TICKETKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*command, "--standalone", str(script), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,  # ticketkit importable as in the suite
+    )
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert (
+            f"rank {rank}: the processes resume {tmp_path / 'out'}" in done.stdout
+            and "(rank 0: 1, rank 1: 0)" in done.stdout
+            and "put --out on a shared filesystem" in done.stdout
+        ), done.stdout + done.stderr
+    assert not list((tmp_path / "out").rglob("ticket.safetensors"))
