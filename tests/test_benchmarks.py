@@ -67,3 +67,15 @@ def test_export_throughput_prints_its_table():
     )
     row = lines[-1].split("|")
     assert row[1].strip() == "resnet20" and row[-2].strip().endswith("x"), lines
+
+
+def test_gpu_step_runs_anywhere_and_prints_its_ratios():
+    """The GPU benchmark's table on CPU (tiny): the script a lent GPU runs (`benchmarks/gpu.sh`)."""
+    lines = _run(
+        "gpu_step.py",
+        *("--device", "cpu", "--amp", "none", "--batch", "2", "--archs", "conv2:28"),
+        *("--steps", "1", "--rounds", "1"),
+    )
+    header, row = lines[-2].split(), lines[-1].split()
+    assert header[:2] == ["arch", "size"] and row[:2] == ["conv2", "28"]
+    assert all(float(x) > 0 for x in row[2:5]) and row[5:] == ["-", "-", "-"]

@@ -21,6 +21,21 @@ def test_cuda_selection_is_exact_with_ties():
         assert torch.equal(mask.cpu(), expected)
 
 
+def test_cuda_selection_does_not_wait_for_the_device():
+    """A host synchronisation per layer would stall the GPU's queue once a layer a step."""
+    a = torch.rand(2_000_000, device="cuda")
+    out = torch.empty_like(a)
+    Selector().select(a, 100, out)  # allocations and kernels' first loads may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for keep in (1, 1000, kept_count(a.numel(), 0.5), a.numel() - 1):
+            Selector().select(a, keep, out)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(out.sum()) == a.numel() - 1
+
+
 def test_prune_on_cuda_and_load_the_ticket_on_both_devices(tmp_path):
     from ticketkit import jobs
     from ticketkit.artifacts.ticket import Ticket

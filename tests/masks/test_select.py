@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ticketkit.masks.select import Selector, kept_count
+from ticketkit.masks.select import Selector, kept_count, select_on_device
 
 
 def reference_mask(a: torch.Tensor, keep: int) -> torch.Tensor:
@@ -41,6 +41,19 @@ def test_ties_are_broken_by_index_and_count_is_exact():
     a = torch.tensor([0.5, 1.0, 0.5, 0.5, 2.0, 0.5] * 5000)
     for keep in (1, 2, 3, 5000, 10_001, 29_999):
         mask = Selector().mask(a, keep)
+        assert int(mask.sum()) == keep
+        assert torch.equal(mask, reference_mask(a, keep))
+
+
+@pytest.mark.parametrize("n", [7, 1000, 300_000])
+@pytest.mark.parametrize("k", [0.001, 0.2, 0.5, 0.95])
+def test_the_accelerators_selection_matches_a_full_sort_ties_included(n, k):
+    """`select_on_device` is what CUDA runs; its arithmetic is device-agnostic, so it is
+    checked here on CPU tensors (tests/test_gpu.py runs it on a GPU)."""
+    gen = torch.Generator().manual_seed(n)
+    for a in (torch.rand(n, generator=gen), torch.randint(0, 4, (n,), generator=gen).float()):
+        keep = kept_count(n, k)
+        mask = select_on_device(a, keep)
         assert int(mask.sum()) == keep
         assert torch.equal(mask, reference_mask(a, keep))
 

@@ -17,7 +17,7 @@ always exact: `count(a > t) < K <= count(a >= t)`. Ties at the threshold are bro
 1-3 and the mask (with its count and alpha's sum) are two passes in one call (`top_abs`), and
 a step whose threshold is still among the last band's values takes only those and the mask
 pass (the count proves it exact); without them, the bracket runs as vectorised numpy passes.
-On other devices `torch.kthvalue` is used.
+On other devices `select_on_device`: `topk` for the threshold, ties resolved on the device.
 """
 
 from __future__ import annotations
@@ -190,11 +190,10 @@ class Selector:
         if a.is_cpu and n <= _SMALL:  # numpy end to end: per-call overhead dominates here
             self._select_small(a.detach().numpy().reshape(-1), keep, flat)
             return
-        if a.is_cpu:
-            t, n_ge = self._threshold_cpu(a.detach().numpy(), keep)
-        else:
-            t = a.kthvalue(n - keep + 1).values
-            n_ge = int((a >= t).sum())
+        if not a.is_cpu:
+            flat.copy_(select_on_device(a, keep))
+            return
+        t, n_ge = self._threshold_cpu(a.detach().numpy(), keep)
         if n_ge != keep:
             flat.copy_(_break_ties(a, t, keep))
         elif a.is_cpu and out.dtype == torch.bool:
@@ -317,6 +316,26 @@ def top_abs_many(jobs: list[Job]) -> list[bool]:
         job[5] is not None if done[i] else job[0].top_abs(*job[1:], warm=False)
         for i, job in enumerate(jobs)
     ]
+
+
+def select_on_device(a: torch.Tensor, keep: int) -> torch.Tensor:
+    """Bool mask of the `keep` largest entries of flat `a` (ties by index), for accelerators:
+    no host synchronisation, so the step's kernels stay queued behind it.
+
+    The threshold comes from `topk` of the smaller side: CUDA's `kthvalue` runs one block per
+    slice and is ~20x slower than a sort on a large flat tensor (pytorch/pytorch#75599), and
+    counting the ties on the host would stall the GPU once a layer. The ties at t are taken
+    lowest index first by a running count, all on the device.
+    """
+    n = a.numel()
+    if keep <= n - keep + 1:
+        t = a.topk(keep, sorted=False).values.min()
+    else:
+        t = a.topk(n - keep + 1, largest=False, sorted=False).values.max()
+    above = a > t
+    missing = keep - above.sum()
+    ties = a == t
+    return above | (ties & (ties.cumsum(0) <= missing))
 
 
 def _break_ties(a: torch.Tensor, t: torch.Tensor | float, keep: int) -> torch.Tensor:
