@@ -89,6 +89,9 @@ class Context:
     epoch: int = 0
     step: int = 0
     draw: Callable[[int, int], list] | None = field(default=None, repr=False)
+    # the run continues from a checkpoint, which will replace the masks and state `prepare`
+    # sets: work whose only result is those (pruning at init's scoring) may be skipped
+    resuming: bool = False
 
     @property
     def total_steps(self) -> int:

@@ -183,6 +183,27 @@ def test_method_finds_a_ticket_and_resumes_exactly(name, tmp_path):
     check_method(name, tmp_path)
 
 
+def test_a_resumed_run_takes_its_masks_from_the_checkpoint_without_scoring(tmp_path, monkeypatch):
+    from ticketkit import jobs
+    from ticketkit.artifacts.ticket import Ticket
+    from ticketkit.plugins.methods.synflow import SynFlow
+    from ticketkit.testing import interrupted_after_first_checkpoint, prune_config
+
+    calls = []
+    score = SynFlow.score
+    monkeypatch.setattr(SynFlow, "score", lambda *a: calls.append(1) or score(*a))
+    full = jobs.prune(prune_config("synflow", tmp_path / "full", None))
+    iterations = len(calls)
+    assert iterations > 1
+    with pytest.raises(KeyboardInterrupt), interrupted_after_first_checkpoint():
+        jobs.prune(prune_config("synflow", tmp_path / "cut", None))
+    assert len(calls) == 2 * iterations
+    resumed = jobs.prune(prune_config("synflow", tmp_path / "cut", None))
+    assert len(calls) == 2 * iterations  # no third scoring
+    a, b = Ticket.read(full.path), Ticket.read(resumed.path)
+    assert a.meta["payload_sha256"] == b.meta["payload_sha256"]
+
+
 def test_structured_granularity_is_a_usage_error(cli, tmp_path):
     r = cli(
         "prune",

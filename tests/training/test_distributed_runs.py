@@ -79,6 +79,39 @@ def test_biprop_finetune_and_rewire_under_two_processes_match_one(tmp_path, cli)
     assert accuracy(rewired) > 50  # a real run, not two equally broken ones
 
 
+FIND = ["find-ticket", "--method", "imp", "--arch", "mlp", "--dataset", "digits", "--k", "0.5"]
+PRETRAIN = ["pretrain", "--arch", "mlp", "--dataset", "digits"]
+
+
+def one_job(out: Path, stdout: str) -> dict:
+    """`one_run` for any artifact: one run directory, one results row, rank 0's one line."""
+    assert len(stdout.splitlines()) == 1, stdout
+    record = json.loads(stdout)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 1 and rows[0]["path"] == record["path"]
+    assert [p.name for p in out.iterdir() if p.is_dir()] == [rows[0]["run"]]
+    assert Path(record["path"]).is_file() and not list(out.rglob(".*.tmp"))
+    return record
+
+
+@pytest.mark.slow
+def test_pretrain_and_find_ticket_under_two_processes_match_one(tmp_path, cli):
+    for name, args in (("pretrain", PRETRAIN), ("find-ticket", [*FIND, "--rounds", "2"])):
+        single = cli(*args, *EVEN, "--out", tmp_path / f"{name}-1")
+        assert single.code == 0, single.err
+        alone = one_job(tmp_path / f"{name}-1", single.out)
+        both = torchrun(*args, *EVEN, out=tmp_path / f"{name}-2")
+        assert both.returncode == 0, both.stderr
+        shared = one_job(tmp_path / f"{name}-2", both.stdout)
+        assert abs(accuracy(shared) - accuracy(alone)) <= 0.5, name
+        assert accuracy(alone) > 50
+    # every level trained under both ranks and pruned the same number of weights
+    assert [level["kept"] for level in shared["levels"]] == [
+        level["kept"] for level in alone["levels"]
+    ]
+    assert all(Path(level["path"]).is_file() for level in shared["levels"])
+
+
 RANKS_DISAGREE = """
 import sys
 

@@ -77,7 +77,8 @@ def prune(
             f"--learn-bn: arch '{cfg.arch}' as configured has no affine normalisation layers"
             + _option_adding_norms(cfg, ds)
         )
-    ready(method, model, ds, cfg)
+    resuming = not force and any(run.checkpoints.rglob("last.safetensors"))
+    ready(method, model, ds, cfg, resuming)
     # a filter ticket's empty filters take their BatchNorm channel with them (masks/channels.py)
     empty = hold_empty_channels(model, example(ds)) if cfg.granularity == "filter" else []
     done = claim(run, config, force, "ticket.safetensors", reporter)

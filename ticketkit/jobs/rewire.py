@@ -6,8 +6,8 @@ the dense checkpoint `cfg.input`, as `prune` does for its trained-network method
 its options and the default dataset are the checkpoint's), let the method choose the initial
 masks (`WeightMethod.choose_masks`; kept weights keep the checkpoint's values) and update them
 in `after_step`, train every stage through the engine (checkpoints, resume bit for bit), and
-write a ticket with values. The method adds each epoch's per-layer densities to
-`metrics.jsonl`.
+write a ticket with values. Each epoch's per-layer densities and the fraction of the masks
+that changed are in `metrics.jsonl` (the training loop's `MaskWatch`).
 """
 
 from __future__ import annotations

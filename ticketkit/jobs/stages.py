@@ -26,11 +26,14 @@ from ticketkit.training.loop import (
 from ticketkit.training.precision import check as check_amp
 
 
-def ready(method: Method, model: torch.nn.Module, ds: Dataset, cfg: Any) -> None:
+def ready(
+    method: Method, model: torch.nn.Module, ds: Dataset, cfg: Any, resuming: bool = False
+) -> None:
     """Bind the method's context, let it prepare the model, and build its optimizers once:
     all before the run directory is claimed, so a method or optimizer that cannot start
-    leaves nothing behind."""
+    leaves nothing behind. `resuming`: a checkpoint will replace what `prepare` sets."""
     bind(method, ds, cfg)
+    method.ctx.resuming = resuming
     check_amp(getattr(cfg, "amp", None), method)  # fp16: its step
     method.prepare(model)
     if getattr(cfg, "psg", False):  # after the masks: the masked layers' backward becomes PSG's

@@ -2,7 +2,8 @@
 (`pip install 'ticketkit[tensorboard]'`); `tensorboard --logdir runs/` then shows every run.
 
 Every numeric field of a metrics record becomes one scalar at step `epoch`, tagged
-`<phase>[/<stage>]/<field>` (e.g. `prune/train_loss`, `find-ticket/round-2/test_acc1`), so
+`<phase>[/<stage>]/<field>` (e.g. `prune/train_loss`, `find-ticket/round-2/test_acc1`,
+`prune/mask_changed`; per-layer fields as `prune/density/<layer>`), so
 the curves are the metrics file's lines, written by the same call (rank 0 only under torchrun).
 Without tensorboard nothing is written and nothing is said: metrics.jsonl holds the same data.
 """
@@ -45,9 +46,22 @@ def log(root: Path, record: dict[str, Any]) -> None:
         close()  # one open event file at a time: a process (the tests) may make many runs
         writer = _writers[root] = SummaryWriter(log_dir=str(root / "tensorboard"))
     prefix = "/".join(str(record[k]) for k in ("phase", "stage") if record.get(k))
-    for key, value in record.items():
-        if key in SKIP or isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if math.isfinite(value):
-            writer.add_scalar(f"{prefix}/{key}" if prefix else key, value, int(record["epoch"]))
+    for key, value in _scalars(record):
+        writer.add_scalar(f"{prefix}/{key}" if prefix else key, value, int(record["epoch"]))
     writer.flush()
+
+
+def _scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
+    """The record's finite numbers as (tag, value); a dict of numbers (per-layer density)
+    becomes one tag per entry, `density/<layer>`."""
+    found = []
+    for key, value in record.items():
+        if key in SKIP:
+            continue
+        entries = value.items() if isinstance(value, dict) else [("", value)]
+        for sub, number in entries:
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                continue
+            if math.isfinite(number):
+                found.append((f"{key}/{sub}" if sub else key, number))
+    return found

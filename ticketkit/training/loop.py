@@ -25,6 +25,7 @@ from ticketkit.plugin import Context, Method, Stage
 from ticketkit.registry import get_optimizer
 from ticketkit.training import distributed
 from ticketkit.training.data import EVAL_BATCH, Dataset, Files, Loader, Split, take
+from ticketkit.training.mask_watch import MaskWatch
 from ticketkit.training.precision import Precision
 
 
@@ -245,6 +246,7 @@ def fit(
     loader = Loader(ds, ds.train, cfg.batch_size, train=True, seed=cfg.seed, device=device)
     ctx.steps_per_epoch, ctx.step = len(loader), start * len(loader)
     after_step = type(method).after_step is not Method.after_step  # no call a step if unused
+    watch = MaskWatch(model)  # after the resume: changes count from the checkpoint's masks
     label = phase if stage.name == "train" else f"{phase} {stage.name}"
     record: dict[str, Any] = {"stopped": stopped} if stopped else {}
     for epoch in range(start, stage.epochs if stopped is None else start):
@@ -291,6 +293,7 @@ def fit(
             "train_loss": total_loss / max(seen, 1),
             "train_acc1": 100.0 * correct / max(seen, 1),
             "seconds": round(time.perf_counter() - began, 3),
+            **watch.stats(),
         }
         last = epoch + 1 == stage.epochs
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not last:
@@ -344,4 +347,6 @@ def _describe(record: dict[str, Any]) -> str:
     )
     if "test_acc1" in record:
         text += f", test acc {record['test_acc1']:.2f}%"
+    if record.get("mask_changed"):
+        text += f", mask {100 * record['mask_changed']:.2f}% changed"
     return text + f" ({record['seconds']:.1f}s)"

@@ -74,6 +74,9 @@ class PruneAtInit(WeightMethod):
 
         from ticketkit.masks import masked_layers
 
+        if self.ctx.resuming:
+            return  # the checkpoint holds the masks (SynFlow's 100 iterations are not redone)
+
         layers = masked_layers(model)
         was_training = model.training
         model.eval()

@@ -162,7 +162,8 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 class RewireMethod(WeightMethod):
     """A sparse-training method: exact initial counts, then `update` every `every` steps
-    until epoch `stop`. Every epoch's metrics record gets `density` (per layer) and `kept`.
+    until epoch `stop`. (Every epoch's metrics record gets `density` per layer, `kept` and
+    `mask_changed` from the training loop.)
 
     A public base (docs/plugins.md), so that plugins (RigL) share the budget conventions of
     this module's docstring instead of re-deriving them. Override `update(layers, optimizers)`
@@ -259,17 +260,6 @@ class RewireMethod(WeightMethod):
 
     def update(self, layers: list[Layer], optimizers: list[torch.optim.Optimizer]) -> None:
         """Change the masks (drop, regrow, prune), keeping the method's budget."""
-
-    def end_epoch(self, model: nn.Module, metrics: dict[str, Any]) -> str | None:
-        from ticketkit.masks import masked_layers
-
-        layers = masked_layers(model)
-        counts = [int(layer.mask.sum()) for layer in layers]
-        metrics["kept"] = sum(counts)
-        metrics["density"] = {
-            layer.path: round(n / layer.numel, 6) for layer, n in zip(layers, counts, strict=True)
-        }
-        return None
 
     # -- drop and grow, shared by the methods -------------------------------------------------
     def grow_random(self, layer: Layer, n: int, barred: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,6 @@ class Tied(RewireMethod):
     def end_epoch(self, model: nn.Module, metrics: dict[str, Any]) -> str | None:
         from ticketkit.masks import masked_layers
 
-        super().end_epoch(model, metrics)
         # the trainable values per layer (the banks); counting distinct floats instead would
         # undercount: two bank entries may hold the same float by chance
         metrics["values"] = {
