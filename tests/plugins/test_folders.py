@@ -121,6 +121,60 @@ def test_imagenet_streams_224_rgb_with_imagenet_statistics(tmp_path):
     assert all(x.dtype == torch.float32 and torch.isfinite(x).all() for x in train + test)
 
 
+def kaggle_imagenet(root):
+    """Kaggle's ILSVRC layout: ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/ flat}, and
+    LOC_val_solution.csv at the top (the first word of a PredictionString is the class)."""
+    import numpy as np
+    from PIL import Image
+
+    data = root / "ILSVRC" / "Data" / "CLS-LOC"
+    rng = np.random.default_rng(0)
+    rows = ["ImageId,PredictionString"]
+    for c, wnid in enumerate(("n01440764", "n01443537")):
+        (data / "train" / wnid).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(data / "train" / wnid / f"{wnid}_{i}.JPEG")
+        for i in range(3):
+            name = f"ILSVRC2012_val_0000000{3 * c + i + 1}"
+            (data / "val").mkdir(exist_ok=True)
+            pixels = rng.integers(0, 256, (60, 30, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(data / "val" / f"{name}.JPEG")
+            rows.append(f"{name},{wnid} 1 2 30 40 {wnid} 3 4 20 20")
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
+def test_imagenet_reads_kaggles_flat_val_and_its_solution_file(tmp_path, cli):
+    data = kaggle_imagenet(tmp_path)
+    ds = load_dataset("imagenet", str(data))
+    assert (len(ds.train), len(ds.test)) == (4, 6) and ds.classes == 2
+    assert ds.test.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert [path.rsplit("_", 1)[1] for path in ds.test.paths[:2]] == [
+        "00000001.JPEG",
+        "00000002.JPEG",
+    ]
+
+    (tmp_path / "LOC_val_solution.csv").unlink()  # a flat val/ that nothing labels
+    result = cli(
+        "prune",
+        "--method",
+        "biprop",
+        "--arch",
+        "mlp",
+        "--k",
+        "0.5",
+        "--dataset",
+        "imagenet",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "runs",
+    )
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert "not sorted into class folders" in result.err and "LOC_val_solution.csv" in result.err
+
+
 def fashion_tree(root, fashion, train_per_class=20, val_per_class=10, side=72):
     """Fashion-MNIST images as PNG class folders, upscaled past the 64 px at which
     `imagefolder` streams them."""

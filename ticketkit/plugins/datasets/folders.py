@@ -4,6 +4,7 @@
     DIR/train/<class>/*.png|jpg|...      (files may sit in sub-folders, e.g. <class>/images/)
     DIR/val/<class>/...  or  DIR/test/<class>/...
     tiny-imagenet-200: DIR/val/images/*.JPEG labelled by DIR/val/val_annotations.txt
+    imagenet, Kaggle's layout: DIR/val/*.JPEG labelled by LOC_val_solution.csv above DIR
 
 Small images are decoded into memory once, as uint8 tensors like the built-in datasets (so
 batching, seeding, resuming and torchrun sharding are the same code): every image at the size
@@ -124,10 +125,48 @@ class ImageNet(ImageFolder):
     channels = 3
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
-    files = "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (validation images sorted into folders)"
+    files = (
+        "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, or a flat val/ labelled by Kaggle's "
+        "LOC_val_solution.csv (in DIR or a folder above it)"
+    )
 
     def _streamed(self, train: list, test: list) -> tuple[list, list]:
         return train, test  # the size, channels and statistics are ImageNet's
+
+    def _labelled(self, folder: Path, index: dict[str, int]) -> list[tuple[Path, int]]:
+        """Class folders, or the flat val/ of Kaggle's ILSVRC layout (ILSVRC/Data/CLS-LOC/,
+        its LOC_val_solution.csv three folders up: "ImageId,PredictionString", the first word
+        of which is the wnid). The official tar's flat val/ needs its devkit: sorting it into
+        folders first (as torchvision's and timm's scripts do) is what this reads."""
+        flat = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not flat:
+            return super()._labelled(folder, index)
+        solution = next(
+            (
+                up / "LOC_val_solution.csv"
+                for up in [folder, *folder.parents][:5]
+                if (up / "LOC_val_solution.csv").is_file()
+            ),
+            None,
+        )
+        if solution is None:
+            raise UsageError(
+                f"{folder} holds images not sorted into class folders: sort them into "
+                f"val/<wnid>/ (the devkit's labels), or put Kaggle's LOC_val_solution.csv in "
+                f"{folder.parent}"
+            )
+        labels = {}
+        for line in solution.read_text().splitlines()[1:]:
+            image, _, prediction = line.partition(",")
+            if prediction.split()[:1] and prediction.split()[0] in index:
+                labels[image] = index[prediction.split()[0]]
+        missing = [p.name for p in flat if p.stem not in labels]
+        if missing:
+            raise UsageError(
+                f"{solution} labels no class of train/ for {len(missing)} images of {folder} "
+                f"(first: {missing[0]})"
+            )
+        return [(p, labels[p.stem]) for p in flat]
 
 
 def _first_side(path: Path) -> int:
