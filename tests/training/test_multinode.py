@@ -37,6 +37,7 @@ def test_two_nodes_meet_through_the_rendezvous_and_train_one_run(tmp_path):
     out = tmp_path / "two-nodes"
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
     command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=ticketkit-test"]
+    command += ["--local-addr=127.0.0.1"]  # the "hosts" are this one, whatever its name resolves to
     command += ["-m", "ticketkit", *PRUNE, *EVEN, "--out", str(out)]
     nodes = [
         subprocess.Popen(
