@@ -131,3 +131,39 @@ def test_a_node_that_cannot_see_the_checkpoint_stops_every_rank(tmp_path):
             and "put --out on a shared filesystem" in done.stdout
         ), done.stdout + done.stderr
     assert not list((tmp_path / "out").rglob("ticket.safetensors"))
+
+
+STAGES_DIFFER = """
+from ticketkit.errors import JobError
+from ticketkit.training import distributed
+
+stage = "2" if distributed.rank() == 0 else "0"  # rank 1 would redo find-ticket's level 0
+try:
+    distributed.check_resumed(stage, 0, "RUN")
+except JobError as exc:
+    print(f"rank {distributed.rank()}: {exc}", flush=True)
+distributed.finish()
+"""
+
+
+@pytest.mark.slow
+def test_ranks_at_different_stages_are_named_with_their_stage(tmp_path):
+    script = tmp_path / "stages.py"
+    script.write_text(STAGES_DIFFER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*command, "--standalone", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    for rank in (0, 1):
+        assert (
+            f"rank {rank}: the processes resume RUN from different epochs "
+            "(rank 0: stage 2 epoch 0, rank 1: stage 0 epoch 0)" in done.stdout
+        ), done.stdout + done.stderr

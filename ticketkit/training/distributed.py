@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -188,24 +189,35 @@ def check_identical(model: nn.Module, epoch: int) -> None:
         )
 
 
-def check_resumed(epoch: int, where: str) -> None:
-    """Stop every rank with a clear error if they resume from different epochs: a rank that
-    cannot see rank 0's checkpoint (a node whose --out is not the shared filesystem) would
-    start over and train more epochs than the others, which then wait in a collective the
-    rest never reach."""
+def check_resumed(stage: str, epoch: int, where: str) -> None:
+    """Stop every rank with a clear error if they resume at different points (stage, epoch):
+    a rank that cannot see rank 0's checkpoints (a node whose --out is not the shared
+    filesystem) would start over and train other epochs than the others, which then wait in a
+    collective the rest never reach."""
     if not active():
         return
-    epochs = torch.tensor([epoch], dtype=torch.long)
-    gathered = [torch.zeros_like(epochs) for _ in range(world_size())]
-    _group().all_gather(gathered, epochs)
-    starts = [int(t) for t in gathered]
-    if len(set(starts)) > 1:
-        by_rank = ", ".join(f"rank {r}: {s}" for r, s in enumerate(starts))
+    point = torch.tensor([zlib.crc32(stage.encode()), epoch], dtype=torch.long)
+    gathered = [torch.zeros_like(point) for _ in range(world_size())]
+    _group().all_gather(gathered, point)
+    if any(not torch.equal(other, point) for other in gathered):
+        stages = all_gather_objects(stage)
+        starts = [int(t[1]) for t in gathered]
+        by_rank = ", ".join(
+            f"rank {r}: {s}" if len(set(stages)) == 1 else f"rank {r}: stage {n} epoch {s}"
+            for r, (n, s) in enumerate(zip(stages, starts, strict=True))
+        )
         raise JobError(
             f"the processes resume {where} from different epochs ({by_rank}): every node "
             f"must see the same run directory; under several nodes put --out on a shared "
             f"filesystem"
         )
+
+
+def all_gather_objects(value: T) -> list[T]:
+    """Every rank's `value`, in rank order (picklable objects, through the CPU group)."""
+    gathered: list[Any] = [None] * world_size()
+    _group().all_gather_object(gathered, value)
+    return gathered
 
 
 def on_main(work: Callable[[], T]) -> T:

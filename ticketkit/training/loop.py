@@ -239,7 +239,7 @@ def fit(
             best, stopped = info.get("best", best), info.get("stopped")
             precision.load_state_dict(info.get("precision", {}))
             reporter.note(f"resuming {run.root} after epoch {start}")
-        distributed.check_resumed(start, str(run.root))
+        distributed.check_resumed(stage.name, start, str(run.root))
     sparsifier = sparsifier_of(model)
     if sparsifier is not None and type(method).train_step is Method.train_step:
         sparsifier.fold_weight_decay(optimizers.values())  # one backward a step: safe to fold
