@@ -156,21 +156,8 @@ def test_imagenet_reads_kaggles_flat_val_and_its_solution_file(tmp_path, cli):
     ]
 
     (tmp_path / "LOC_val_solution.csv").unlink()  # a flat val/ that nothing labels
-    result = cli(
-        "prune",
-        "--method",
-        "biprop",
-        "--arch",
-        "mlp",
-        "--k",
-        "0.5",
-        "--dataset",
-        "imagenet",
-        "--data",
-        data,
-        "--out",
-        tmp_path / "runs",
-    )
+    args = "prune --method biprop --arch mlp --k 0.5 --dataset imagenet".split()
+    result = cli(*args, "--data", data, "--out", tmp_path / "runs")
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1
     assert "not sorted into class folders" in result.err and "LOC_val_solution.csv" in result.err
 

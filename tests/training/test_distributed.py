@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,20 +25,47 @@ def test_shares_of_a_global_batch_cover_it_evenly(monkeypatch):
         distributed.check_batch(30)
 
 
-def start_torchrun(*args: str, out) -> subprocess.Popen:
-    """`torchrun --nproc_per_node=2 -m ticketkit ARGS --out OUT`, started, not waited for."""
+ROOT = Path(__file__).resolve().parents[2]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def torchrun_env() -> dict[str, str]:
+    """This environment for a torchrun launch: offline, one thread a rank, no inherited rank."""
     env = {**os.environ, "TICKETKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    command += ["--standalone", "-m", "ticketkit", *map(str, args), "--out", str(out)]
-    # its own session, so a hung run's workers are killed with it rather than orphaned
+    return env
+
+
+def start_torchrun(*args: str, out) -> subprocess.Popen:
+    """`torchrun --nproc_per_node=2 -m ticketkit ARGS --out OUT`, started, not waited for."""
+    command = [*TORCHRUN, "--nproc_per_node=2", "--standalone", "-m", "ticketkit"]
+    return launch([*command, *map(str, args), "--out", str(out)])
+
+
+def launch(command: list[str]) -> subprocess.Popen:
+    """A torchrun command started in its own session, so a hung run's workers are killed with
+    it rather than orphaned."""
     return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=torchrun_env(),
         start_new_session=True,
+    )
+
+
+def torchrun_script(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess:
+    """A Python script (`source`) run by two torchrun processes, to its end."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    return subprocess.run(
+        [*TORCHRUN, "--nproc_per_node=2", "--standalone", str(script), *args],
+        capture_output=True,
+        text=True,
+        env=torchrun_env(),
+        timeout=120,
+        cwd=ROOT,  # ticketkit importable as in the suite
     )
 
 

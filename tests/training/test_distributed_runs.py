@@ -18,8 +18,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.training.test_distributed import start_torchrun, torchrun
+from tests.training.test_distributed import start_torchrun, torchrun, torchrun_script
 
 EVEN = ["--subset", "1436", "--epochs", "2", "--json"]
 PRUNE = ["prune", "--method", "biprop", "--arch", "mlp", "--dataset", "digits", "--k", "0.5"]
@@ -143,19 +141,7 @@ distributed.finish()
 
 @pytest.mark.slow
 def test_ranks_that_disagree_stop_with_an_error_naming_the_tensor(tmp_path):
-    script = tmp_path / "disagree.py"
-    script.write_text(RANKS_DISAGREE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*command, "--standalone", str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[2],  # ticketkit importable as in the suite
-    )
+    done = torchrun_script(tmp_path, RANKS_DISAGREE)
     assert done.returncode != 0
     for rank in (0, 1):
         assert (

@@ -5,17 +5,12 @@ directory stops every rank with a clear error instead of training other epochs a
 import os
 import signal
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-from tests.training.test_distributed import torchrun
+from tests.training.test_distributed import TORCHRUN, launch, torchrun, torchrun_script
 from tests.training.test_distributed_runs import EVEN, PRUNE, one_run
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -32,24 +27,12 @@ def digest(path: str) -> str:
 @pytest.mark.slow
 def test_two_nodes_meet_through_the_rendezvous_and_train_one_run(tmp_path):
     endpoint = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "TICKETKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
     out = tmp_path / "two-nodes"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
+    command = [*TORCHRUN, "--nnodes=2", "--nproc_per_node=1"]
     command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=ticketkit-test"]
     command += ["--local-addr=127.0.0.1"]  # the "hosts" are this one, whatever its name resolves to
     command += ["-m", "ticketkit", *PRUNE, *EVEN, "--out", str(out)]
-    nodes = [
-        subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        for _ in range(2)
-    ]
+    nodes = [launch(command) for _ in range(2)]
     try:
         done = [node.communicate(timeout=150) for node in nodes]
     finally:
@@ -73,9 +56,9 @@ import sys
 
 from ticketkit import jobs
 from ticketkit.errors import JobError
-from ticketkit.plugins.methods.biprop import Biprop
 from ticketkit.runs.config import PruneConfig, resolve
 from ticketkit.runs.directory import Run
+from ticketkit.testing import interrupted_after_first_checkpoint
 from ticketkit.training import distributed
 
 def cfg():
@@ -83,19 +66,11 @@ def cfg():
                     out=sys.argv[1])
     return resolve(PruneConfig, settings)
 
-original = Biprop.start_epoch
-
-def interrupt_at_epoch_2(self, epoch, model):
-    if epoch == 1:
-        raise KeyboardInterrupt
-    original(self, epoch, model)
-
-Biprop.start_epoch = interrupt_at_epoch_2
 try:
-    jobs.prune(cfg())
+    with interrupted_after_first_checkpoint():
+        jobs.prune(cfg())
 except KeyboardInterrupt:
     pass
-Biprop.start_epoch = original
 if distributed.rank() == 1:  # another node's disk: rank 0's checkpoint is not there
     Run.load_checkpoint = lambda *args, **kwargs: None
 try:
@@ -110,19 +85,7 @@ distributed.finish()
 
 @pytest.mark.slow
 def test_a_node_that_cannot_see_the_checkpoint_stops_every_rank(tmp_path):
-    script = tmp_path / "unshared.py"
-    script.write_text(NODE_CANNOT_SEE_THE_RUN)
-    env = {**os.environ, "TICKETKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*command, "--standalone", str(script), str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=ROOT,  # ticketkit importable as in the suite
-    )
+    done = torchrun_script(tmp_path, NODE_CANNOT_SEE_THE_RUN, str(tmp_path / "out"))
     assert done.returncode != 0
     for rank in (0, 1):
         assert (
@@ -148,19 +111,7 @@ distributed.finish()
 
 @pytest.mark.slow
 def test_ranks_at_different_stages_are_named_with_their_stage(tmp_path):
-    script = tmp_path / "stages.py"
-    script.write_text(STAGES_DIFFER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*command, "--standalone", str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=ROOT,
-    )
+    done = torchrun_script(tmp_path, STAGES_DIFFER)
     assert done.returncode == 0, done.stderr
     for rank in (0, 1):
         assert (

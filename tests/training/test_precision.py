@@ -36,7 +36,7 @@ def test_fp16_is_loss_scaled_checkpointed_and_resumes_to_the_same_ticket(tmp_pat
     from tests.training.test_loop import cfg
     from ticketkit import jobs
     from ticketkit.artifacts.ticket import Ticket
-    from ticketkit.plugins.methods.biprop import Biprop
+    from ticketkit.testing import interrupted_after_first_checkpoint
 
     high = 2.0**40
     scaler = functools.partial(torch.amp.GradScaler, init_scale=high)
@@ -46,17 +46,8 @@ def test_fp16_is_loss_scaled_checkpointed_and_resumes_to_the_same_ticket(tmp_pat
     with safe_open(str(full.path.parent / "checkpoints" / "last.safetensors"), "pt") as f:
         scale = json.loads(f.metadata()["info"])["precision"]["scale"]
     assert 0 < scale < high  # overflowing steps were skipped and the scale backed off
-    original = Biprop.start_epoch
-
-    def interrupt_at_epoch_2(self, epoch, model):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        original(self, epoch, model)
-
-    monkeypatch.setattr(Biprop, "start_epoch", interrupt_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), interrupted_after_first_checkpoint():
         jobs.prune(cfg(tmp_path / "b", amp="fp16"))
-    monkeypatch.setattr(Biprop, "start_epoch", original)
     resumed = jobs.prune(cfg(tmp_path / "b", amp="fp16"))
     a, b = Ticket.read(full.path), Ticket.read(resumed.path)
     assert a.meta["payload_sha256"] == b.meta["payload_sha256"]
