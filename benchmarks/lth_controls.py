@@ -184,36 +184,14 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         return row
 
-    for arch, subset, epochs, lr in parse_settings(args.early_bird):
-        for seed in seeds:
-            report["early_bird"].append(
-                eb_pair(
-                    arch,
-                    subset,
-                    epochs,
-                    lr,
-                    seed,
-                    {},
-                    {"levels": 1, "rate": args.rate, "rewind": "0"},
-                )
-            )
-    for arch, subset, epochs, lr in parse_settings(args.slimming):
-        for seed in seeds:
-            report["slimming"].append(
-                eb_pair(
-                    arch,
-                    subset,
-                    epochs,
-                    lr,
-                    seed,
-                    {
-                        "method": "slimming",
-                        "k": args.slimming_k,
-                        "arch_options": {"binary_act": True},
-                    },
-                    {},
-                )
-            )
+    slimming = {"method": "slimming", "k": args.slimming_k, "arch_options": {"binary_act": True}}
+    for key, settings, extra, options in (
+        ("early_bird", args.early_bird, {}, {"levels": 1, "rate": args.rate, "rewind": "0"}),
+        ("slimming", args.slimming, slimming, {}),
+    ):
+        for arch, subset, epochs, lr in parse_settings(settings):
+            for seed in seeds:
+                report[key].append(eb_pair(arch, subset, epochs, lr, seed, extra, options))
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "lth_controls.json").write_text(json.dumps(report, indent=1, default=str))

@@ -33,56 +33,9 @@ PRUNE = ["prune", "--method", "biprop", "--arch", "mlp", "--dataset", "digits", 
 REWIRE = ["rewire", "--method", "set", "--arch", "mlp", "--dataset", "digits", "--k", "0.3"]
 
 
-def one_run(out: Path, stdout: str) -> dict:
-    """The command's JSON record, after checking `out` holds one run, one ticket, one row."""
-    assert len(stdout.splitlines()) == 1, stdout  # rank 0 alone prints
-    record = json.loads(stdout)
-    rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(rows) == 1
-    assert [p.name for p in out.iterdir() if p.is_dir()] == [rows[0]["run"]]
-    assert list(out.rglob("ticket.safetensors")) == [Path(record["path"])]
-    assert rows[0]["path"] == record["path"]
-    assert not list(out.rglob(".*.tmp"))
-    return record
-
-
-def accuracy(record: dict) -> float:
-    return record["metrics"]["test_acc1"]
-
-
-@pytest.mark.slow
-def test_biprop_finetune_and_rewire_under_two_processes_match_one(tmp_path, cli):
-    single = cli(*PRUNE, *EVEN, "--out", tmp_path / "prune-1")
-    assert single.code == 0, single.err
-    pruned = one_run(tmp_path / "prune-1", single.out)
-    both = torchrun(*PRUNE, *EVEN, out=tmp_path / "prune-2")
-    assert both.returncode == 0, both.stderr
-    assert abs(accuracy(one_run(tmp_path / "prune-2", both.stdout)) - accuracy(pruned)) <= 0.5
-
-    # finetune the same ticket both ways, so only the way it is trained differs
-    single = cli("finetune", pruned["path"], *EVEN, "--out", tmp_path / "finetune-1")
-    assert single.code == 0, single.err
-    tuned = one_run(tmp_path / "finetune-1", single.out)
-    assert tuned["metrics"] != pruned["metrics"]  # it trained
-    both = torchrun("finetune", pruned["path"], *EVEN, out=tmp_path / "finetune-2")
-    assert both.returncode == 0, both.stderr
-    assert abs(accuracy(one_run(tmp_path / "finetune-2", both.stdout)) - accuracy(tuned)) <= 0.5
-
-    single = cli(*REWIRE, *EVEN, "--out", tmp_path / "rewire-1")
-    assert single.code == 0, single.err
-    rewired = one_run(tmp_path / "rewire-1", single.out)
-    both = torchrun(*REWIRE, *EVEN, out=tmp_path / "rewire-2")
-    assert both.returncode == 0, both.stderr
-    assert abs(accuracy(one_run(tmp_path / "rewire-2", both.stdout)) - accuracy(rewired)) <= 0.5
-    assert accuracy(rewired) > 50  # a real run, not two equally broken ones
-
-
-FIND = ["find-ticket", "--method", "imp", "--arch", "mlp", "--dataset", "digits", "--k", "0.5"]
-PRETRAIN = ["pretrain", "--arch", "mlp", "--dataset", "digits"]
-
-
 def one_job(out: Path, stdout: str) -> dict:
-    """`one_run` for any artifact: one run directory, one results row, rank 0's one line."""
+    """The command's JSON record, after checking `out` holds one run and one results row,
+    and that rank 0 alone printed."""
     assert len(stdout.splitlines()) == 1, stdout
     record = json.loads(stdout)
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -92,17 +45,50 @@ def one_job(out: Path, stdout: str) -> dict:
     return record
 
 
+def one_run(out: Path, stdout: str) -> dict:
+    """`one_job` whose artifact is the only ticket under `out`."""
+    record = one_job(out, stdout)
+    assert list(out.rglob("ticket.safetensors")) == [Path(record["path"])]
+    return record
+
+
+def accuracy(record: dict) -> float:
+    return record["metrics"]["test_acc1"]
+
+
+def both_ways(cli, tmp_path: Path, name: str, args: list, check=one_run) -> tuple[dict, dict]:
+    """`args` in one process and under two-process torchrun, with the same global batch:
+    (one's record, two's record), each `check`ed, their accuracies within 0.5 points."""
+    single = cli(*args, *EVEN, "--out", tmp_path / f"{name}-1")
+    assert single.code == 0, single.err
+    alone = check(tmp_path / f"{name}-1", single.out)
+    both = torchrun(*args, *EVEN, out=tmp_path / f"{name}-2")
+    assert both.returncode == 0, both.stderr
+    shared = check(tmp_path / f"{name}-2", both.stdout)
+    assert abs(accuracy(shared) - accuracy(alone)) <= 0.5, name
+    return alone, shared
+
+
+@pytest.mark.slow
+def test_biprop_finetune_and_rewire_under_two_processes_match_one(tmp_path, cli):
+    pruned, _ = both_ways(cli, tmp_path, "prune", PRUNE)
+    # finetune the same ticket both ways, so only the way it is trained differs
+    tuned, _ = both_ways(cli, tmp_path, "finetune", ["finetune", pruned["path"]])
+    assert tuned["metrics"] != pruned["metrics"]  # it trained
+    rewired, _ = both_ways(cli, tmp_path, "rewire", REWIRE)
+    assert accuracy(rewired) > 50  # a real run, not two equally broken ones
+
+
+FIND = ["find-ticket", "--method", "imp", "--arch", "mlp", "--dataset", "digits", "--k", "0.5"]
+PRETRAIN = ["pretrain", "--arch", "mlp", "--dataset", "digits"]
+
+
 @pytest.mark.slow
 def test_pretrain_and_find_ticket_under_two_processes_match_one(tmp_path, cli):
-    for name, args in (("pretrain", PRETRAIN), ("find-ticket", [*FIND, "--rounds", "2"])):
-        single = cli(*args, *EVEN, "--out", tmp_path / f"{name}-1")
-        assert single.code == 0, single.err
-        alone = one_job(tmp_path / f"{name}-1", single.out)
-        both = torchrun(*args, *EVEN, out=tmp_path / f"{name}-2")
-        assert both.returncode == 0, both.stderr
-        shared = one_job(tmp_path / f"{name}-2", both.stdout)
-        assert abs(accuracy(shared) - accuracy(alone)) <= 0.5, name
-        assert accuracy(alone) > 50
+    pretrained, _ = both_ways(cli, tmp_path, "pretrain", PRETRAIN, one_job)
+    assert accuracy(pretrained) > 50
+    alone, shared = both_ways(cli, tmp_path, "find-ticket", [*FIND, "--rounds", "2"], one_job)
+    assert accuracy(alone) > 50
     # every level trained under both ranks and pruned the same number of weights
     assert [level["kept"] for level in shared["levels"]] == [
         level["kept"] for level in alone["levels"]

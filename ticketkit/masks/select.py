@@ -196,7 +196,7 @@ class Selector:
         t, n_ge = self._threshold_cpu(a.detach().numpy(), keep)
         if n_ge != keep:
             flat.copy_(_break_ties(a, t, keep))
-        elif a.is_cpu and out.dtype == torch.bool:
+        elif out.dtype == torch.bool:
             np.greater_equal(a.detach().numpy(), t, out=flat.numpy())
         else:
             torch.ge(a, t, out=flat)  # float masks: multithreaded, unlike numpy's casting path
@@ -323,8 +323,8 @@ def select_on_device(a: torch.Tensor, keep: int) -> torch.Tensor:
     no host synchronisation, so the step's kernels stay queued behind it.
 
     The threshold comes from `topk` of the smaller side: CUDA's `kthvalue` runs one block per
-    slice and is ~20x slower than a sort on a large flat tensor (pytorch/pytorch#75599), and
-    counting the ties on the host would stall the GPU once a layer. The ties at t are taken
+    slice (reported ~20x slower than a sort on a large flat tensor, pytorch/pytorch#75599; not
+    measured here), and counting the ties on the host would stall the GPU once a layer. The ties at t are taken
     lowest index first by a running count, all on the device.
     """
     n = a.numel()

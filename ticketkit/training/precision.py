@@ -8,8 +8,8 @@ or CUDA); other methods are refused with the reason rather than trained unscaled
 scores' selection after each optimizer step and the saved artifacts stay float32.
 
 The scaler's state (its scale and growth count) goes into the training checkpoint: a run
-resumed from the default scale would skip its first steps again as overflows, so it would not
-give the uninterrupted run's ticket.
+resumed from the initial scale would, where that scale overflowed, skip its first steps again
+and not give the uninterrupted run's ticket.
 """
 
 from __future__ import annotations
